@@ -1,0 +1,31 @@
+"""The tool-call interceptors and the chain that runs them.
+
+.. versionadded:: 0.1.0
+"""
+
+from .backpressure import Backpressure
+from .call import Proceed, ToolCall, ToolCallInterceptor
+from .chain import LIMITER_ORDER, ToolCallChain
+from .concurrency import ConcurrencyLimiter, Partition
+from .gate import AdmissionGate, LimitPart
+from .observe import MultiListener, StructlogListener
+from .priority import PriorityFairQueue
+from .rate import TokenBucketRateLimiter, default_retry_after
+
+__all__ = [
+    "LIMITER_ORDER",
+    "AdmissionGate",
+    "Backpressure",
+    "ConcurrencyLimiter",
+    "LimitPart",
+    "MultiListener",
+    "Partition",
+    "PriorityFairQueue",
+    "Proceed",
+    "StructlogListener",
+    "TokenBucketRateLimiter",
+    "ToolCall",
+    "ToolCallChain",
+    "ToolCallInterceptor",
+    "default_retry_after",
+]

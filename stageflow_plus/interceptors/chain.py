@@ -1,0 +1,157 @@
+"""ToolCallChain: the ordered interceptors around every tool call.
+
+The order is declared here, once::
+
+    [interceptors that must fail fast: circuit breakers]      outermost
+    [Backpressure · PriorityFairQueue · TokenBucketRateLimiter · ConcurrencyLimiter]
+        → fused into ONE admission step (all limits acquired together, or none)
+    [your other interceptors]
+    tool                                                        innermost
+
+Rules checked when the chain is built (``ConfigError`` otherwise): the limiter interceptors
+stand next to each other (they are one step); at most one of each; an interceptor whose
+class sets ``outside_limits = True`` (e.g. a circuit breaker, a retry-with-backoff) stands
+before them, so an open breaker spends no permit or token and a retry's backoff holds none.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..primitives.clock import Clock
+from ..primitives.errors import ConfigError
+from ..primitives.lease import LimiterListener
+from ..primitives.stats import LimiterStatistics
+from .backpressure import Backpressure
+from .call import Proceed, ToolCall, ToolCallInterceptor
+from .concurrency import ConcurrencyLimiter
+from .gate import AdmissionGate, LimitPart
+from .observe import MultiListener, StructlogListener
+from .priority import PriorityFairQueue
+from .rate import TokenBucketRateLimiter
+
+__all__ = ["LIMITER_ORDER", "ToolCallChain"]
+
+LIMITER_ORDER: tuple[type[LimitPart], ...] = (
+    Backpressure,
+    PriorityFairQueue,
+    TokenBucketRateLimiter,
+    ConcurrencyLimiter,
+)
+"""The canonical order of the limiter interceptors inside their fused admission step."""
+
+
+class _Next:
+    """``proceed`` for step ``i``: calls step ``i`` with the ``proceed`` of step ``i + 1``."""
+
+    __slots__ = ("_next", "_step")
+
+    def __init__(self, step: ToolCallInterceptor, nxt: Proceed) -> None:
+        self._step = step
+        self._next = nxt
+
+    def __call__(self, call: ToolCall) -> Awaitable[Any]:
+        return self._step(call, self._next)
+
+
+class ToolCallChain:
+    """Runs interceptors around a tool call in the declared order.
+
+    :param interceptors: the steps, outermost first (see the module docstring for rules).
+    :param clock: the clock of the shared limiter (default: the loop's clock).
+    :param listener: limiter events go here (default: :class:`StructlogListener`).
+    :param name: the limiter's name in errors, events and statistics.
+    """
+
+    __slots__ = ("gate", "interceptors", "steps")
+
+    def __init__(
+        self,
+        interceptors: Sequence[ToolCallInterceptor] = (),
+        *,
+        clock: Clock | Callable[[], float] | None = None,
+        listener: LimiterListener | None = None,
+        name: str = "stageflow-plus",
+    ) -> None:
+        self.interceptors = tuple(interceptors)
+        for index, step in enumerate(self.interceptors):
+            if not callable(step):
+                raise ConfigError(
+                    f"interceptor #{index} ({step!r}) is not callable: an interceptor is "
+                    "`async (call, proceed) -> result`"
+                )
+        positions = [i for i, s in enumerate(self.interceptors) if isinstance(s, LimitPart)]
+        if positions and positions != list(range(positions[0], positions[-1] + 1)):
+            between = [
+                type(self.interceptors[i]).__name__
+                for i in range(positions[0], positions[-1])
+                if i not in positions
+            ]
+            raise ConfigError(
+                f"limiter interceptors must stand together (they form one admission step); "
+                f"{', '.join(between)} stands between them"
+            )
+        for index, step in enumerate(self.interceptors):
+            if getattr(step, "outside_limits", False) and positions and index > positions[0]:
+                raise ConfigError(
+                    f"{type(step).__name__} must come before the limiter interceptors "
+                    f"(outside_limits=True): it is #{index}, the limits start at #{positions[0]}"
+                )
+        self.gate: AdmissionGate | None = None
+        steps: list[ToolCallInterceptor] = []
+        for index, step in enumerate(self.interceptors):
+            if positions and index == positions[0]:
+                parts = [self.interceptors[i] for i in positions]
+                parts.sort(
+                    key=lambda p: (
+                        LIMITER_ORDER.index(type(p))
+                        if type(p) in LIMITER_ORDER
+                        else len(LIMITER_ORDER)
+                    )
+                )
+                self.gate = AdmissionGate(
+                    parts,  # type: ignore[arg-type]  # all LimitPart by construction
+                    clock=clock,
+                    listener=listener if listener is not None else StructlogListener(),
+                    name=name,
+                )
+                steps.append(self.gate)
+            elif not isinstance(step, LimitPart):
+                steps.append(step)
+        self.steps = tuple(steps)
+
+    async def run(self, call: ToolCall, target: Callable[[ToolCall], Awaitable[Any]]) -> Any:
+        """Run ``call`` through every step and finally ``target(call)``."""
+        proceed: Proceed = target
+        for step in reversed(self.steps):
+            proceed = _Next(step, proceed)
+        return await proceed(call)
+
+    def add_listener(self, listener: LimiterListener) -> None:
+        """Also send limiter events to ``listener`` (once per listener class)."""
+        if self.gate is None:
+            return
+        limiter = self.gate.limiter
+        current = limiter.listener
+        existing = current.listeners if isinstance(current, MultiListener) else (
+            (current,) if current is not None else ()
+        )
+        if any(type(x) is type(listener) for x in existing):
+            return
+        limiter.listener = MultiListener([*existing, listener])
+
+    def now(self) -> float:
+        """The current time on the chain's clock (for computing deadlines)."""
+        if self.gate is None:
+            raise ConfigError("this chain has no limiter interceptors, hence no clock")
+        return self.gate.limiter.clock.now()
+
+    def statistics(self) -> LimiterStatistics | None:
+        """The fused limiter's statistics, or ``None`` when the chain has no limiter."""
+        return self.gate.statistics() if self.gate is not None else None
+
+    def __repr__(self) -> str:
+        return f"ToolCallChain({list(self.interceptors)!r})"

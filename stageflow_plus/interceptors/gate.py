@@ -1,0 +1,190 @@
+"""The admission gate: where the four limiter interceptors meet one wait queue.
+
+:class:`ConcurrencyLimiter`, :class:`TokenBucketRateLimiter`, :class:`PriorityFairQueue` and
+:class:`Backpressure` each own one concern, but a call needing several limits must get them
+*all or none*. So in a :class:`~stageflow_plus.interceptors.chain.ToolCallChain` the limiter
+interceptors are fused into one :class:`AdmissionGate`: capacity interceptors contribute
+demands, the queue interceptor contributes the waiting order, backpressure contributes the
+admission policy, and one :class:`~stageflow_plus.primitives.limiter.Limiter` acquires
+everything together. Used on its own, each limiter interceptor builds a gate of one.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..primitives.admission import AdmissionPolicy
+from ..primitives.clock import Clock
+from ..primitives.errors import ConfigError
+from ..primitives.lease import Lease, LimiterListener
+from ..primitives.limiter import Limiter
+from ..primitives.ordering import FifoOrdering, Ordering
+from ..primitives.resources import Resource
+from ..primitives.stats import BucketStatistics, LimiterStatistics, PoolStatistics
+from .call import Proceed, ToolCall
+
+__all__ = ["AdmissionGate", "LimitPart"]
+
+
+class LimitPart:
+    """Base of the four limiter interceptors. Subclasses override the hooks they need.
+
+    An instance belongs to at most one gate (one wait queue): sharing one instance between
+    two chains would split its waiters over two queues, so it is refused with
+    :class:`ConfigError` — share the chain instead.
+    """
+
+    __slots__ = ("_gate",)
+
+    #: class-level flags the gate reads once, so unused hooks cost nothing per call
+    contributes_demands = False
+    observes_results = False
+
+    def __init__(self) -> None:
+        self._gate: AdmissionGate | None = None
+
+    @property
+    def gate(self) -> AdmissionGate:
+        """The gate this interceptor belongs to (created alone on first use if unbound)."""
+        if self._gate is None:
+            AdmissionGate([self])
+        assert self._gate is not None
+        return self._gate
+
+    def _bind(self, gate: AdmissionGate) -> None:
+        if self._gate is not None and self._gate is not gate:
+            raise ConfigError(
+                f"{type(self).__name__} is already part of another chain (one wait queue per "
+                "limiter); share that chain or create a second limiter"
+            )
+        self._gate = gate
+
+    # hooks ------------------------------------------------------------------------------
+    def configure(self, gate: AdmissionGate) -> None:
+        """Called once when the gate is built (set ordering or admission policy)."""
+
+    def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
+        """Append this interceptor's ``(resource, amount)`` needs for ``call``."""
+
+    def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        """Called after the tool returned, before the lease is released."""
+
+    def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+        """Called after the tool raised, before the lease is released."""
+
+    def pool_statistics(self) -> tuple[PoolStatistics, ...]:
+        return ()
+
+    def bucket_statistics(self, now: float) -> tuple[BucketStatistics, ...]:
+        return ()
+
+    async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
+        return await self.gate(call, proceed)
+
+
+class AdmissionGate:
+    """Acquires every limit of a call at once, runs it, then releases (an interceptor).
+
+    :param parts: the limiter interceptors to fuse (at most one of each class).
+    :param clock: the clock of the shared limiter (default: the loop's clock).
+    :param listener: receives queued/admitted/rejected/released events.
+    :param name: the limiter's name in errors and statistics.
+    """
+
+    __slots__ = (
+        "_demanders",
+        "_fair_cost",
+        "_observers",
+        "admission",
+        "limiter",
+        "ordering",
+        "parts",
+    )
+
+    def __init__(
+        self,
+        parts: Sequence[LimitPart],
+        *,
+        clock: Clock | Callable[[], float] | None = None,
+        listener: LimiterListener | None = None,
+        name: str = "stageflow-plus",
+    ) -> None:
+        kinds = [type(p) for p in parts]
+        for kind in set(kinds):
+            if kinds.count(kind) > 1:
+                raise ConfigError(f"a chain may hold one {kind.__name__}, got {kinds.count(kind)}")
+        self.parts = tuple(parts)
+        self.ordering: Ordering = FifoOrdering()
+        self.admission = AdmissionPolicy()
+        self._fair_cost: Callable[[ToolCall], float] | None = None
+        for part in self.parts:
+            part._bind(self)
+            part.configure(self)
+        self.limiter = Limiter(
+            name=name,
+            ordering=self.ordering,
+            admission=self.admission,
+            clock=clock,
+            listener=listener,
+        )
+        self._demanders = tuple(p for p in self.parts if p.contributes_demands)
+        self._observers = tuple(p for p in self.parts if p.observes_results)
+
+    def set_fair_cost(self, fair_cost: Callable[[ToolCall], float]) -> None:
+        """How much of its tenant's share a call uses (set by the queue interceptor)."""
+        self._fair_cost = fair_cost
+
+    def demands_of(self, call: ToolCall) -> list[tuple[Resource, float]]:
+        """The ``(resource, amount)`` pairs ``call`` needs right now."""
+        now = self.limiter.clock.now()
+        demands: list[tuple[Resource, float]] = []
+        for part in self._demanders:
+            part.add_demands(call, now, demands)
+        return demands
+
+    async def acquire(self, call: ToolCall) -> Lease:
+        """Wait for admission of ``call`` (see :meth:`Limiter.acquire` for errors)."""
+        fair_cost = self._fair_cost(call) if self._fair_cost is not None else 1.0
+        return await self.limiter.acquire(
+            self.demands_of(call),
+            priority=call.priority,
+            tenant=call.tenant,
+            cost=fair_cost,
+            deadline=call.deadline,
+            info=call,
+        )
+
+    async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
+        lease = await self.acquire(call)
+        try:
+            result = await proceed(call)
+        except Exception as error:
+            for part in self._observers:
+                part.after_error(call, lease, error)
+            lease.release()
+            raise
+        except BaseException:
+            lease.release()  # cancelled while running: permits come back
+            raise
+        for part in self._observers:
+            part.after_result(call, lease, result)
+        lease.release()
+        return result
+
+    def statistics(self) -> LimiterStatistics:
+        """The limiter's snapshot with every pool and bucket of the fused interceptors."""
+        now = self.limiter.clock.now()
+        pools: tuple[PoolStatistics, ...] = ()
+        buckets: tuple[BucketStatistics, ...] = ()
+        for part in self.parts:
+            pools += part.pool_statistics()
+            buckets += part.bucket_statistics(now)
+        return dataclasses.replace(self.limiter.statistics(), pools=pools, buckets=buckets)
+
+    def __repr__(self) -> str:
+        names = ", ".join(type(p).__name__ for p in self.parts)
+        return f"<AdmissionGate [{names}] {self.limiter!r}>"

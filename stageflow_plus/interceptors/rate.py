@@ -1,0 +1,214 @@
+"""TokenBucketRateLimiter: request and cost-weighted buckets per key, provider pauses.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..primitives.errors import ConfigError
+from ..primitives.lease import Lease
+from ..primitives.resources import Rate, Resource, TokenBucket
+from ..primitives.stats import BucketStatistics
+from .call import ToolCall
+from .gate import LimitPart
+
+__all__ = ["TokenBucketRateLimiter", "default_retry_after"]
+
+KEYS: dict[str, Callable[[ToolCall], str]] = {
+    "global": lambda call: "*",
+    "tool": lambda call: call.tool,
+    "tenant": lambda call: call.tenant,
+}
+
+
+def default_retry_after(outcome: Any) -> float | None:
+    """Find a provider's ``Retry-After`` (seconds) in a tool result or exception.
+
+    Understands: objects with a numeric ``retry_after`` attribute (Stageflow's
+    ``RateLimitError``, :class:`~stageflow_plus.stageflow.ProviderRateLimited`); results
+    whose ``data`` mapping has ``retry_after`` (a Stageflow ``ToolOutput``); mappings with
+    ``retry_after``; and HTTP responses with ``status_code == 429`` and a ``Retry-After``
+    header in seconds. Returns ``None`` when the outcome is not a rate-limit answer.
+    """
+    value = getattr(outcome, "retry_after", None)
+    if value is None:
+        data = getattr(outcome, "data", None)
+        if isinstance(outcome, Mapping):
+            data = outcome
+        if isinstance(data, Mapping):
+            value = data.get("retry_after")
+    if value is None and getattr(outcome, "status_code", None) == 429:
+        headers = getattr(outcome, "headers", None)
+        if headers is not None:
+            value = headers.get("retry-after")
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 and not math.isnan(seconds) else None
+
+
+class TokenBucketRateLimiter(LimitPart):
+    """Rate limits per key: several buckets checked together (e.g. RPM and TPM).
+
+    :param rates: the :class:`~stageflow_plus.primitives.resources.Rate` s of every key —
+        a ``Rate(dimension="requests")`` costs 1 per call, a ``Rate(dimension="tokens")``
+        costs ``call.cost["tokens"]`` (0 when the call gives no estimate).
+    :param key: what the buckets are per: ``"global"``, ``"tool"`` (default), ``"tenant"``,
+        or a function of the call (e.g. the provider or model name).
+    :param per_key_rates: different rates for particular keys.
+    :param actual_cost: reads the actual cost from a tool result (e.g. the tokens a provider
+        billed); the difference to the estimate is charged or refunded at once, so the next
+        admissions reflect it.
+    :param retry_after: finds a provider's ``Retry-After`` in a result or exception (default
+        :func:`default_retry_after`); when found, the key is paused for *every* caller.
+
+    Burst: a bucket holds at most ``burst`` units (default: one period's ``limit``) and
+    starts full unless ``Rate(start_full=False)``; in any interval of length ``t`` it admits
+    at most ``burst + rate * t``. A call asking more than a bucket's burst is refused at once
+    with :class:`~stageflow_plus.primitives.errors.CostTooLarge`.
+    """
+
+    __slots__ = ("_actual_cost", "_buckets", "_key", "_per_key", "_rates", "_retry_after")
+
+    contributes_demands = True
+    observes_results = True
+
+    def __init__(
+        self,
+        rates: Rate | Sequence[Rate],
+        *,
+        key: str | Callable[[ToolCall], str] = "tool",
+        per_key_rates: Mapping[str, Rate | Sequence[Rate]] | None = None,
+        actual_cost: Callable[[Any], Mapping[str, float] | None] | None = None,
+        retry_after: Callable[[Any], float | None] | None = default_retry_after,
+    ) -> None:
+        super().__init__()
+        self._rates = self._check_rates(rates, "rates")
+        if isinstance(key, str):
+            if key not in KEYS:
+                raise ConfigError(
+                    f"TokenBucketRateLimiter key must be one of {sorted(KEYS)} or a function, "
+                    f"got {key!r}"
+                )
+            self._key = KEYS[key]
+        elif callable(key):
+            self._key = key
+        else:
+            raise ConfigError(f"TokenBucketRateLimiter key must be a str or callable, got {key!r}")
+        self._per_key = {
+            k: self._check_rates(v, f"per_key_rates[{k!r}]")
+            for k, v in (per_key_rates or {}).items()
+        }
+        self._actual_cost = actual_cost
+        self._retry_after = retry_after
+        self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
+
+    @staticmethod
+    def _check_rates(rates: Rate | Sequence[Rate], where: str) -> tuple[Rate, ...]:
+        items = (rates,) if isinstance(rates, Rate) else tuple(rates)
+        if not items or not all(isinstance(r, Rate) for r in items):
+            raise ConfigError(f"TokenBucketRateLimiter {where} must be one or more Rate objects")
+        return items
+
+    def key_of(self, call: ToolCall) -> str:
+        """The bucket key of ``call``."""
+        return self._key(call)
+
+    def buckets_for(self, key: str, now: float) -> tuple[TokenBucket, ...]:
+        """The buckets of ``key`` (created full or empty on first use)."""
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            rates = self._per_key.get(key, self._rates)
+            buckets = self._buckets[key] = tuple(
+                TokenBucket(f"rate:{key}:{r.dimension}:{r.limit:g}/{r.per:g}s", r, now)
+                for r in rates
+            )
+        return buckets
+
+    def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
+        cost = call.cost
+        for bucket in self.buckets_for(self._key(call), now):
+            if bucket.dimension == "requests":
+                out.append((bucket, 1.0))
+            else:
+                out.append((bucket, float(cost.get(bucket.dimension, 0.0))))
+
+    def pause(self, key: str, retry_after: float) -> None:
+        """Stop ``key`` for every caller for ``retry_after`` seconds (a provider's 429)."""
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+            raise TypeError(f"retry_after must be a number of seconds, got {retry_after!r}")
+        if retry_after < 0 or math.isnan(retry_after):
+            raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
+        now = self.gate.limiter.clock.now()
+        for bucket in self.buckets_for(key, now):
+            bucket.pause(now + retry_after)
+        on_paused = getattr(self.gate.limiter.listener, "on_paused", None)
+        if on_paused is not None:
+            on_paused(key, retry_after)
+        self.gate.limiter.dispatch()
+
+    def set_rates(self, rates: Rate | Sequence[Rate], *, key: str | None = None) -> None:
+        """Change rates at runtime (for one key, or the default for all keys)."""
+        checked = self._check_rates(rates, "rates")
+        now = self.gate.limiter.clock.now()
+        if key is None:
+            self._rates = checked
+            targets = [k for k in self._buckets if k not in self._per_key]
+        else:
+            self._per_key[key] = checked
+            targets = [key] if key in self._buckets else []
+        for target in targets:
+            old = self._buckets[target]
+            if [b.dimension for b in old] == [r.dimension for r in checked]:
+                for bucket, rate in zip(old, checked, strict=True):
+                    bucket.set_rate(rate, now)
+            elif not any(b.queued for b in old):
+                del self._buckets[target]
+            else:
+                raise ConfigError(
+                    f"cannot change the dimensions of key {target!r} while calls wait on it"
+                )
+        self.gate.limiter.dispatch()
+
+    def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        if self._actual_cost is not None:
+            actual = self._actual_cost(result)
+            if actual:
+                lease.adjust(actual)
+        self._maybe_pause(call, result)
+
+    def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+        self._maybe_pause(call, error)
+
+    def _maybe_pause(self, call: ToolCall, outcome: Any) -> None:
+        if self._retry_after is None:
+            return
+        seconds = self._retry_after(outcome)
+        if seconds is not None:
+            self.pause(self._key(call), seconds)
+
+    def bucket_statistics(self, now: float) -> tuple[BucketStatistics, ...]:
+        return tuple(
+            BucketStatistics(
+                b.key,
+                b.dimension,
+                b.level(now),
+                b.burst,
+                b.rate,
+                max(0.0, b.paused_until - now),
+                b.queued,
+            )
+            for buckets in self._buckets.values()
+            for b in buckets
+        )
+
+    def __repr__(self) -> str:
+        rates = ", ".join(f"{r.limit:g} {r.dimension}/{r.per:g}s" for r in self._rates)
+        return f"TokenBucketRateLimiter({rates})"

@@ -1,0 +1,129 @@
+"""Leases (proof of admission) and the listener protocol of the limiter.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import Rejected
+from .resources import TokenBucket
+from .waiter import Demand
+
+if TYPE_CHECKING:
+    from .limiter import Limiter
+
+__all__ = ["Lease", "LimiterListener"]
+
+
+class LimiterListener(Protocol):
+    """Receives the limiter's life events (all synchronous; keep them cheap).
+
+    ``info`` is whatever the caller passed to ``acquire(info=...)`` (e.g. a ToolCall).
+    """
+
+    def on_queued(self, info: Any, depth: int) -> None: ...
+    def on_admitted(self, info: Any, wait: float) -> None: ...
+    def on_rejected(self, info: Any, error: Rejected) -> None: ...
+    def on_released(self, info: Any, held: float) -> None: ...
+
+
+class Lease:
+    """Proof of admission; give it back with :meth:`release` (idempotent).
+
+    A refused ``try_acquire`` returns a lease that is falsy (``granted`` is ``False``) and
+    carries ``retry_after`` and the ``error`` that explains the refusal.
+
+    :ivar granted: whether the demands were granted.
+    :ivar waited: seconds spent in the queue.
+    :ivar retry_after: for a refusal, seconds after which retrying may succeed.
+    :ivar error: for a refusal, the :class:`Rejected` describing it.
+    """
+
+    __slots__ = (
+        "_limiter",
+        "acquired_at",
+        "demands",
+        "error",
+        "granted",
+        "info",
+        "released",
+        "retry_after",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        demands: Sequence[Demand],
+        acquired_at: float,
+        waited: float,
+        info: Any = None,
+        *,
+        error: Rejected | None = None,
+    ) -> None:
+        self._limiter = limiter
+        self.demands = list(demands)
+        self.acquired_at = acquired_at
+        self.waited = waited
+        self.info = info
+        self.error = error
+        self.granted = error is None
+        self.retry_after = error.retry_after if error is not None else None
+        self.released = not self.granted
+
+    def __bool__(self) -> bool:
+        return self.granted
+
+    def release(self) -> None:
+        """Return the permits (tokens stay spent). Safe to call more than once."""
+        if not self.released:
+            self.released = True
+            self._limiter._release(self, refund=False)
+
+    def release_unused(self) -> None:
+        """Return permits *and* refund tokens: the call never reached the downstream."""
+        if not self.released:
+            self.released = True
+            self._limiter._release(self, refund=True)
+
+    def adjust(self, actual: Mapping[str, float]) -> None:
+        """Reconcile estimated with actual cost, per dimension (e.g. ``{"tokens": 812}``).
+
+        Buckets of that dimension are charged the difference (refunded when the actual cost
+        is lower), so the next admissions see it. Unknown dimensions are ignored only if no
+        bucket of the lease uses them; negative costs raise ``ValueError``.
+        """
+        now = self._limiter.clock.now()
+        for name, value in actual.items():
+            if value < 0:
+                raise ValueError(f"actual cost {name!r} must be >= 0, got {value!r}")
+        changed = False
+        for i, (resource, amount) in enumerate(self.demands):
+            if isinstance(resource, TokenBucket) and resource.dimension in actual:
+                new_amount = float(actual[resource.dimension])
+                resource.charge(new_amount - amount, now)
+                self.demands[i] = (resource, new_amount)
+                changed = True
+        if changed:
+            self._limiter.dispatch()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        if not self.granted:
+            return f"<Lease refused retry_after={self.retry_after!r}>"
+        state = "released" if self.released else "held"
+        return f"<Lease {state} demands={len(self.demands)} waited={self.waited:.6f}s>"

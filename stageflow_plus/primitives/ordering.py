@@ -1,0 +1,295 @@
+"""Who goes next: ordering policies over the limiter's single wait queue.
+
+A policy stores waiters and hands them out best-first. :class:`FifoOrdering` is arrival
+order. :class:`PriorityFairOrdering` adds integer priorities with aging and weighted fair
+share across tenants:
+
+* **Priority with aging.** Waiters are grouped by base priority (higher is more urgent).
+  Each level is as urgent as its oldest waiter: ``priority + waited / aging_interval``. The
+  level with the highest urgency is served next, so a level starved for
+  ``aging_interval * (p_high - p_low)`` seconds overtakes any newer higher-priority work.
+  With ``aging_interval=None`` priorities are strict (a low level can starve forever).
+* **Weighted fair share.** Within a level, tenants are served by start-time fair queuing:
+  each tenant carries a virtual time advanced by ``cost / weight`` per granted call, and the
+  tenant with the smallest virtual time goes next; a tenant returning from idle starts at the
+  system's virtual time, so idling banks no credit. Within a tenant, arrival order.
+
+Protocol used by the limiter (all synchronous; the limiter never awaits while dispatching):
+``push`` adds, ``pop`` hands out the best waiter (temporarily out of selection), ``restore``
+puts skipped waiters back exactly where they were, ``granted`` / ``left`` account for a
+waiter leaving. Removal on cancel is O(1): entries are dropped lazily.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from .errors import ConfigError
+from .waiter import WAITING, Waiter
+
+__all__ = ["FifoOrdering", "Ordering", "PriorityFairOrdering"]
+
+
+class Ordering(Protocol):
+    """A waiting-order policy (see the module docstring for the protocol)."""
+
+    def __len__(self) -> int: ...
+    def push(self, waiter: Waiter) -> None: ...
+    def pop(self, now: float) -> Waiter | None: ...
+    def restore(self, skipped: list[Waiter]) -> None: ...
+    def granted(self, waiter: Waiter) -> None: ...
+    def left(self, waiter: Waiter) -> None: ...
+    def victim(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None: ...
+    def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None: ...
+    def waiting(self) -> Iterator[Waiter]: ...
+
+
+def _compact(queue: deque[Waiter], live: int) -> deque[Waiter]:
+    """Drop stale entries once they outnumber live ones (keeps memory O(live))."""
+    if len(queue) > 2 * live + 64:
+        return deque(w for w in queue if w.state is WAITING)
+    return queue
+
+
+class FifoOrdering:
+    """Arrival order: the first to wait is the first considered."""
+
+    __slots__ = ("_live", "_queue")
+
+    def __init__(self) -> None:
+        self._queue: deque[Waiter] = deque()  # live waiters in arrival order, plus stale ones
+        self._live = 0
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, waiter: Waiter) -> None:
+        self._queue.append(waiter)
+        self._live += 1
+
+    def pop(self, now: float) -> Waiter | None:
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if waiter.state is WAITING:
+                return waiter
+        return None
+
+    def restore(self, skipped: list[Waiter]) -> None:
+        self._queue.extendleft(reversed(skipped))
+
+    def granted(self, waiter: Waiter) -> None:
+        self._live -= 1
+
+    def left(self, waiter: Waiter) -> None:
+        self._live -= 1
+        self._queue = _compact(self._queue, self._live)
+
+    def waiting(self) -> Iterator[Waiter]:
+        return (w for w in self._queue if w.state is WAITING)
+
+    def victim(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
+        for waiter in reversed(self._queue):
+            if waiter.state is WAITING and (matches is None or matches(waiter)):
+                return waiter
+        return None
+
+    def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
+        for waiter in self._queue:
+            if waiter.state is WAITING and (matches is None or matches(waiter)):
+                return waiter
+        return None
+
+
+class _Tenant:
+    __slots__ = ("live", "vtime", "weight")
+
+    def __init__(self, weight: float, vtime: float) -> None:
+        self.weight = weight
+        self.vtime = vtime  # virtual start time of this tenant's next call
+        self.live = 0  # waiters of this tenant in any level
+
+
+class _Level:
+    __slots__ = ("arrivals", "live", "selectable", "tenants")
+
+    def __init__(self) -> None:
+        self.arrivals: deque[Waiter] = deque()  # arrival order (stale entries dropped lazily)
+        self.tenants: dict[str, deque[Waiter]] = {}  # per tenant, arrival order, selectable
+        self.live = 0  # WAITING waiters in this level (selectable or popped by a scan)
+        self.selectable = 0  # live waiters currently in the tenant queues
+
+    def oldest_live(self) -> Waiter | None:
+        arrivals = self.arrivals
+        while arrivals and arrivals[0].state is not WAITING:
+            arrivals.popleft()
+        return arrivals[0] if arrivals else None
+
+
+class PriorityFairOrdering:
+    """Priority levels with aging, weighted fair share across tenants within a level.
+
+    :param aging_interval: seconds of waiting worth one priority level; ``None`` for strict
+        priorities (no aging). See the module docstring for the starvation bound.
+    :param weights: tenant → weight (share is proportional to weight); others get
+        ``default_weight``.
+    :param default_weight: the weight of tenants not named in ``weights``.
+    """
+
+    __slots__ = ("_aging", "_default_weight", "_levels", "_live", "_tenants", "_vtime", "_weights")
+
+    def __init__(
+        self,
+        *,
+        aging_interval: float | None = 1.0,
+        weights: Mapping[str, float] | None = None,
+        default_weight: float = 1.0,
+    ) -> None:
+        if aging_interval is not None and not (
+            isinstance(aging_interval, (int, float)) and aging_interval > 0
+        ):
+            raise ConfigError(
+                f"aging_interval must be a number > 0 or None, got {aging_interval!r}"
+            )
+        weights = dict(weights or {})
+        for tenant, weight in [*weights.items(), ("<default>", default_weight)]:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                raise ConfigError(
+                    f"weight of tenant {tenant!r} must be a number > 0, got {weight!r}"
+                )
+        self._aging = aging_interval
+        self._weights = weights
+        self._default_weight = float(default_weight)
+        self._levels: dict[int, _Level] = {}
+        self._tenants: dict[str, _Tenant] = {}
+        self._vtime = 0.0  # system virtual time: start tag of the last granted call
+        self._live = 0
+
+    @property
+    def aging_interval(self) -> float | None:
+        return self._aging
+
+    def weight_of(self, tenant: str) -> float:
+        """The configured weight of ``tenant``."""
+        return self._weights.get(tenant, self._default_weight)
+
+    def __len__(self) -> int:
+        return self._live
+
+    def push(self, waiter: Waiter) -> None:
+        level = self._levels.get(waiter.priority)
+        if level is None:
+            level = self._levels[waiter.priority] = _Level()
+        tenant = self._tenants.get(waiter.tenant)
+        if tenant is None:
+            tenant = self._tenants[waiter.tenant] = _Tenant(
+                self.weight_of(waiter.tenant), self._vtime
+            )
+        elif tenant.live == 0:
+            tenant.vtime = max(tenant.vtime, self._vtime)  # no credit banked while idle
+        tenant.live += 1
+        level.arrivals.append(waiter)
+        queue = level.tenants.get(waiter.tenant)
+        if queue is None:
+            queue = level.tenants[waiter.tenant] = deque()
+        queue.append(waiter)
+        level.live += 1
+        level.selectable += 1
+        self._live += 1
+
+    def _urgency_key(self, priority: int, level: _Level) -> float:
+        # smaller is more urgent: enqueued_at - priority * aging (now cancels out)
+        if self._aging is None:
+            return -float(priority)
+        oldest = level.oldest_live()
+        assert oldest is not None
+        return oldest.enqueued_at - priority * self._aging
+
+    def pop(self, now: float) -> Waiter | None:
+        best_level: _Level | None = None
+        best_key = math.inf
+        for priority, level in self._levels.items():
+            if level.selectable <= 0:
+                continue
+            key = self._urgency_key(priority, level)
+            if best_level is None or key < best_key:
+                best_level, best_key = level, key
+        if best_level is None:
+            return None
+        best_queue: deque[Waiter] | None = None
+        best_tag = (math.inf, math.inf)
+        empty: list[str] = []
+        for name, queue in best_level.tenants.items():
+            while queue and queue[0].state is not WAITING:
+                queue.popleft()
+            if not queue:
+                empty.append(name)
+                continue
+            tag = (self._tenants[name].vtime, float(queue[0].seq))
+            if tag < best_tag:
+                best_queue, best_tag = queue, tag
+        for name in empty:
+            del best_level.tenants[name]
+        assert best_queue is not None, "level.selectable out of sync with its tenant queues"
+        best_level.selectable -= 1
+        return best_queue.popleft()
+
+    def restore(self, skipped: list[Waiter]) -> None:
+        for waiter in reversed(skipped):
+            level = self._levels[waiter.priority]
+            queue = level.tenants.get(waiter.tenant)
+            if queue is None:
+                queue = level.tenants[waiter.tenant] = deque()
+            queue.appendleft(waiter)
+            level.selectable += 1
+
+    def granted(self, waiter: Waiter) -> None:
+        tenant = self._tenants[waiter.tenant]
+        self._vtime = max(self._vtime, tenant.vtime)
+        tenant.vtime += waiter.cost / tenant.weight
+        self._forget(waiter, tenant, popped=True)
+
+    def left(self, waiter: Waiter) -> None:
+        self._forget(waiter, self._tenants[waiter.tenant], popped=False)
+
+    def _forget(self, waiter: Waiter, tenant: _Tenant, *, popped: bool) -> None:
+        tenant.live -= 1
+        if tenant.live == 0 and tenant.vtime <= self._vtime and len(self._tenants) > 256:
+            del self._tenants[waiter.tenant]  # nothing owed either way: forget the tenant
+        level = self._levels[waiter.priority]
+        level.live -= 1
+        if not popped:
+            level.selectable -= 1  # it stays in its tenant queue as a stale entry
+        if level.live == 0:
+            del self._levels[waiter.priority]
+        else:
+            level.arrivals = _compact(level.arrivals, level.live)
+        self._live -= 1
+
+    def waiting(self) -> Iterator[Waiter]:
+        for level in list(self._levels.values()):
+            yield from (w for w in level.arrivals if w.state is WAITING)
+
+    def victim(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
+        """The least urgent waiter: lowest priority, newest arrival."""
+        for priority in sorted(self._levels):
+            for waiter in reversed(self._levels[priority].arrivals):
+                if waiter.state is WAITING and (matches is None or matches(waiter)):
+                    return waiter
+        return None
+
+    def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
+        candidates = [
+            next(
+                (w for w in lvl.arrivals if w.state is WAITING and (matches is None or matches(w))),
+                None,
+            )
+            for lvl in self._levels.values()
+        ]
+        live = [w for w in candidates if w is not None]
+        return min(live, key=lambda w: w.seq) if live else None

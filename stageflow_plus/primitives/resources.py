@@ -1,0 +1,259 @@
+"""The two kinds of capacity a call can need: concurrency permits and rate tokens.
+
+A :class:`ConcurrencyPool` holds permits that come back when the call ends. A
+:class:`TokenBucket` holds tokens that refill at a rate and are spent for good. Both are
+plain state plus arithmetic; the waiting is done by :class:`~stageflow_plus.primitives.
+limiter.Limiter`, which asks them ``available`` / ``take`` / ``ready_at``.
+
+Token bucket guarantee: with capacity ``burst`` and refill ``rate``, in any interval of
+length ``t`` a bucket admits at most ``burst + rate * t`` units (the bucket never holds more
+than ``burst``, and refunds never lift it above ``burst``).
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["ConcurrencyPool", "Rate", "Resource", "TokenBucket"]
+
+# Float slack so that a bucket refilled to exactly ``amount`` at ``ready_at`` is available.
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A rate limit: ``limit`` units per ``per`` seconds, bursting up to ``burst``.
+
+    :ivar limit: units admitted per period (e.g. 600 requests, 90 000 tokens).
+    :ivar per: the period in seconds (60 for "per minute").
+    :ivar burst: bucket capacity; defaults to ``limit`` (one full period may pass at once).
+    :ivar dimension: what a unit is: ``"requests"`` (1 per call) or a cost name such as
+        ``"tokens"`` (the call's estimated cost under that name).
+    :ivar start_full: whether a new bucket starts full (burst available at once) or empty.
+    """
+
+    limit: float
+    per: float = 1.0
+    burst: float | None = None
+    dimension: str = "requests"
+    start_full: bool = True
+
+    def __post_init__(self) -> None:
+        for field_name in ("limit", "per"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"Rate.{field_name} must be a number, got {value!r}")
+            if not value > 0 or math.isinf(value):
+                raise ConfigError(f"Rate.{field_name} must be a finite number > 0, got {value!r}")
+        if self.burst is not None and (
+            isinstance(self.burst, bool)
+            or not isinstance(self.burst, (int, float))
+            or not self.burst > 0
+        ):
+            raise ConfigError(f"Rate.burst must be a number > 0, got {self.burst!r}")
+        if not isinstance(self.dimension, str) or not self.dimension:
+            raise ConfigError(f"Rate.dimension must be a non-empty string, got {self.dimension!r}")
+
+    @property
+    def rate(self) -> float:
+        """Units per second."""
+        return self.limit / self.per
+
+    @property
+    def capacity(self) -> float:
+        """The bucket capacity (``burst``, or ``limit`` when no burst was given)."""
+        return float(self.burst if self.burst is not None else self.limit)
+
+
+class Resource:
+    """What a :class:`~stageflow_plus.primitives.limiter.Limiter` needs from a capacity.
+
+    Subclasses keep ``queued`` (waiters needing this resource) and ``queued_amount`` (their
+    total demand) up to date through the limiter; they implement the arithmetic.
+    """
+
+    __slots__ = ("key", "queued", "queued_amount")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.queued = 0  # invariant: number of queued waiters whose demands include self
+        self.queued_amount = 0.0  # invariant: sum of those waiters' amounts on self
+
+    def max_amount(self) -> float:
+        """The largest amount this resource can ever grant at once."""
+        raise NotImplementedError
+
+    def available(self, amount: float, now: float) -> bool:
+        """Whether ``amount`` can be taken now."""
+        raise NotImplementedError
+
+    def take(self, amount: float, now: float) -> None:
+        """Take ``amount``; the caller checked :meth:`available` first."""
+        raise NotImplementedError
+
+    def ready_at(self, amount: float, now: float) -> float:
+        """Earliest time ``amount`` may be available; ``inf`` if only a release can free it."""
+        raise NotImplementedError
+
+    def release(self, amount: float, now: float, held_for: float) -> None:
+        """The call that took ``amount`` ended after ``held_for`` seconds."""
+        raise NotImplementedError
+
+    def refund(self, amount: float, now: float) -> None:
+        """Give back ``amount`` that was taken for a call that never ran."""
+        raise NotImplementedError
+
+    def estimate_wait(self, amount: float, now: float) -> float:
+        """Seconds a newcomer asking ``amount`` may wait, assuming all queued go first."""
+        raise NotImplementedError
+
+
+class ConcurrencyPool(Resource):
+    """Permits for calls in flight; a permit returns when its call ends.
+
+    ``capacity`` may be changed at any time: raising it lets waiters in at the next dispatch;
+    lowering it lets current holders finish normally and admits nobody until ``in_use`` is
+    below the new capacity.
+    """
+
+    __slots__ = ("_capacity", "in_use", "service_time")
+
+    def __init__(self, key: str, capacity: int, *, service_time: float = 0.0) -> None:
+        super().__init__(key)
+        self._capacity = _check_capacity(capacity, key)
+        self.in_use = 0  # invariant: 0 <= in_use; in_use <= capacity except after a decrease
+        self.service_time = service_time  # moving average of how long a permit is held
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._capacity = _check_capacity(value, self.key)
+
+    def max_amount(self) -> float:
+        return float(self._capacity)
+
+    def available(self, amount: float, now: float) -> bool:
+        return self.in_use + amount <= self._capacity
+
+    def take(self, amount: float, now: float) -> None:
+        self.in_use += int(amount)
+
+    def ready_at(self, amount: float, now: float) -> float:
+        return math.inf
+
+    def release(self, amount: float, now: float, held_for: float) -> None:
+        self.in_use -= int(amount)
+        assert self.in_use >= 0, f"{self.key}: released more permits than taken"
+        # exponential moving average, weight 1/8 for the newest observation
+        self.service_time += (held_for - self.service_time) * 0.125
+
+    def refund(self, amount: float, now: float) -> None:
+        self.in_use -= int(amount)
+        assert self.in_use >= 0, f"{self.key}: refunded more permits than taken"
+
+    def estimate_wait(self, amount: float, now: float) -> float:
+        excess = self.in_use + self.queued_amount + amount - self._capacity
+        if excess <= 0:
+            return 0.0
+        return math.ceil(excess / self._capacity) * self.service_time
+
+    def __repr__(self) -> str:
+        return f"<ConcurrencyPool {self.key} {self.in_use}/{self._capacity}, {self.queued} waiting>"
+
+
+class TokenBucket(Resource):
+    """A token bucket: ``rate`` tokens per second up to ``burst``; may go into debt.
+
+    Debt (negative tokens) arises when a call's actual cost, reported after the call through
+    :meth:`charge`, exceeds its estimate: the next admissions then wait until it is repaid.
+    :meth:`pause` stops the bucket for everybody until a time (a provider's ``Retry-After``).
+    """
+
+    __slots__ = ("burst", "dimension", "paused_until", "rate", "tokens", "updated")
+
+    def __init__(self, key: str, rate: Rate, now: float) -> None:
+        super().__init__(key)
+        self.rate = rate.rate
+        self.burst = rate.capacity
+        self.dimension = rate.dimension
+        self.tokens = self.burst if rate.start_full else 0.0  # invariant: tokens <= burst
+        self.updated = now
+        self.paused_until = -math.inf
+
+    def _refill(self, now: float) -> None:
+        if now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+
+    def level(self, now: float) -> float:
+        """Tokens available at ``now`` (negative while in debt)."""
+        self._refill(now)
+        return self.tokens
+
+    def max_amount(self) -> float:
+        return self.burst
+
+    def available(self, amount: float, now: float) -> bool:
+        if now < self.paused_until:
+            return False
+        self._refill(now)
+        return self.tokens + _EPSILON >= amount
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.tokens -= amount
+
+    def ready_at(self, amount: float, now: float) -> float:
+        self._refill(now)
+        refill_at = now + max(0.0, amount - self.tokens) / self.rate
+        return max(refill_at, self.paused_until)
+
+    def release(self, amount: float, now: float, held_for: float) -> None:
+        """Tokens are spent: nothing returns when a call ends."""
+
+    def refund(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + amount)
+
+    def charge(self, delta: float, now: float) -> None:
+        """Correct an estimate after the fact: ``delta > 0`` takes more, ``< 0`` refunds."""
+        if delta >= 0:
+            self.take(delta, now)
+        else:
+            self.refund(-delta, now)
+
+    def pause(self, until: float) -> None:
+        """Admit nothing from this bucket before ``until`` (keeps the later of two pauses)."""
+        self.paused_until = max(self.paused_until, until)
+
+    def set_rate(self, rate: Rate, now: float) -> None:
+        """Change rate and burst in place; current tokens are clipped to the new burst."""
+        self._refill(now)
+        self.rate = rate.rate
+        self.burst = rate.capacity
+        self.tokens = min(self.tokens, self.burst)
+
+    def estimate_wait(self, amount: float, now: float) -> float:
+        return max(0.0, self.ready_at(self.queued_amount + amount, now) - now)
+
+    def __repr__(self) -> str:
+        return (
+            f"<TokenBucket {self.key} {self.tokens:.3g}/{self.burst:.3g} at {self.rate:.3g}/s, "
+            f"{self.queued} waiting>"
+        )
+
+
+def _check_capacity(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"capacity of {key!r} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"capacity of {key!r} must be >= 1, got {value}")
+    return value

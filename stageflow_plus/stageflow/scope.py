@@ -1,0 +1,70 @@
+"""The call scope: run-level facts that reach every tool call made inside a stage.
+
+Stages get a frozen ``StageContext`` without ``.data``, but a ``ContextVar`` set around the
+stage is visible in the stage and in the tool calls it makes. The stage adapters set a
+:class:`CallScope` there (run id, tenant, priority, deadline, validated per-run limits);
+tool wrappers read it when they build a :class:`~stageflow_plus.interceptors.call.ToolCall`.
+Outside a pipeline you can set one yourself with :func:`call_scope`.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["CallScope", "call_scope", "current_scope"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class CallScope:
+    """What the current stage knows about the calls it will make.
+
+    :ivar run_id: the pipeline run.
+    :ivar tenant: the fair-share owner.
+    :ivar priority: the run's priority (already capped by the operator's ceiling).
+    :ivar deadline: absolute time on the chain's clock by which a call must start.
+    :ivar limits: per-run limit overrides (already validated, tighten-only).
+    :ivar stage: the stage making the calls.
+    """
+
+    run_id: str | None = None
+    tenant: str | None = None
+    priority: int | None = None
+    deadline: float | None = None
+    limits: Mapping[str, Any] = field(default=_EMPTY)
+    stage: str | None = None
+
+
+_current: ContextVar[CallScope | None] = ContextVar("stageflow_plus_call_scope", default=None)
+
+
+def current_scope() -> CallScope | None:
+    """The scope set around the running code, if any."""
+    return _current.get()
+
+
+@contextmanager
+def call_scope(scope: CallScope | None = None, **fields: Any) -> Iterator[CallScope]:
+    """Set a :class:`CallScope` for the block (``fields`` build one if none is given)."""
+    value = scope if scope is not None else CallScope(**fields)
+    token = _current.set(value)
+    try:
+        yield value
+    finally:
+        _current.reset(token)
+
+
+def _set(scope: CallScope | None) -> object:
+    return _current.set(scope)
+
+
+def _reset(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

@@ -1,0 +1,205 @@
+"""Limited versions of Stageflow's tool runners that keep their interfaces.
+
+* :class:`LimitedToolRegistry` — a ``ToolRegistry`` whose ``execute`` goes through a
+  :class:`~stageflow_plus.interceptors.chain.ToolCallChain`.
+* :class:`LimitedToolExecutor` — the legacy ``ToolExecutor`` stage; its plan's actions run
+  **concurrently** under the limits (instead of one by one), results counted in plan order.
+* :class:`LimitedAdvancedToolExecutor` — ``AdvancedToolExecutor`` with admission before the
+  tool's lifecycle: an admitted call emits Stageflow's ``tool.*`` events as before; a refused
+  one raises the typed :class:`~stageflow_plus.primitives.errors.Rejected` and emits
+  ``tool.rejected``. A tool requiring HITL approval holds its permit while approval is
+  awaited (admission comes first, so approval never waits on a refused call).
+
+Every wrapper builds the :class:`~stageflow_plus.interceptors.call.ToolCall` once, from the
+action, the context and the current :class:`~stageflow_plus.stageflow.scope.CallScope`.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from stageflow.tools import AdvancedToolExecutor, ToolExecutor, ToolRegistry
+from stageflow.tools.executor import ToolExecutorResult
+
+from ..interceptors.call import ToolCall
+from ..interceptors.chain import ToolCallChain
+from .events import StageflowEventListener
+from .scope import current_scope
+
+__all__ = [
+    "CostEstimator",
+    "LimitedAdvancedToolExecutor",
+    "LimitedToolExecutor",
+    "LimitedToolRegistry",
+    "build_call",
+]
+
+logger = logging.getLogger("stageflow_plus.tools")
+
+CostEstimator = Callable[[str, Mapping[str, Any]], Mapping[str, float]]
+"""``(tool, payload) -> {"tokens": 1200, ...}``: a call's estimated cost per dimension."""
+
+
+def _field(ctx: Any, name: str) -> Any:
+    if isinstance(ctx, Mapping):
+        return ctx.get(name)
+    return getattr(ctx, name, None)
+
+
+def build_call(action: Any, ctx: Any, *, cost_of: CostEstimator | None = None) -> ToolCall:
+    """Build the :class:`ToolCall` for ``action`` made with context ``ctx``.
+
+    Run id, tenant, priority, deadline and limits come from the current
+    :class:`~stageflow_plus.stageflow.scope.CallScope` when one is set, else from the context
+    (``pipeline_run_id``; ``org_id`` as tenant). The cost comes from ``cost_of``.
+    """
+    payload = getattr(action, "payload", None) or {}
+    tool = str(action.type)
+    scope = current_scope()
+    run_id = scope.run_id if scope is not None and scope.run_id is not None else None
+    if run_id is None:
+        raw = _field(ctx, "pipeline_run_id")
+        run_id = str(raw) if raw is not None else None
+    tenant = scope.tenant if scope is not None and scope.tenant is not None else None
+    if tenant is None:
+        org = _field(ctx, "org_id")
+        tenant = str(org) if org is not None else "default"
+    return ToolCall(
+        tool=tool,
+        payload=payload,
+        action=action,
+        run_id=run_id,
+        tenant=tenant,
+        priority=scope.priority if scope is not None and scope.priority is not None else 0,
+        cost=cost_of(tool, payload) if cost_of is not None else {},
+        deadline=scope.deadline if scope is not None else None,
+        context=ctx,
+        limits=scope.limits if scope is not None else {},
+    )
+
+
+def _attach_events(chain: ToolCallChain) -> ToolCallChain:
+    chain.add_listener(StageflowEventListener())
+    return chain
+
+
+class LimitedToolRegistry(ToolRegistry):
+    """A ``ToolRegistry`` whose ``execute`` runs under a chain of limits.
+
+    It shares its tools with ``registry`` (default: Stageflow's global registry): registering
+    in either is visible in both. Unknown action types answer exactly as Stageflow does
+    (``ToolOutput(success=False)``) without touching any limit. Refusals raise
+    :class:`~stageflow_plus.primitives.errors.Rejected` subclasses.
+    """
+
+    def __init__(
+        self,
+        chain: ToolCallChain,
+        registry: ToolRegistry | None = None,
+        *,
+        cost_of: CostEstimator | None = None,
+    ) -> None:
+        super().__init__()
+        if registry is None:
+            from stageflow.tools import get_tool_registry
+
+            registry = get_tool_registry()
+        self.wrapped = registry
+        self._tools = registry._tools  # shared, so registration works through either object
+        self._factories = registry._factories
+        self.chain = _attach_events(chain)
+        self.cost_of = cost_of
+
+    async def execute(self, action: Any, ctx: dict[str, Any]) -> Any:
+        if not self.can_execute(action.type):
+            return await super().execute(action, ctx)
+        call = build_call(action, ctx, cost_of=self.cost_of)
+        return await self.chain.run(call, self._run_tool)
+
+    async def _run_tool(self, call: ToolCall) -> Any:
+        return await ToolRegistry.execute(self, call.action, call.context)
+
+
+class LimitedToolExecutor(ToolExecutor):
+    """The legacy ``ToolExecutor`` with the plan's actions run concurrently under limits.
+
+    Results are aggregated in plan order with Stageflow's rules (a missing tool, a failed
+    output or an exception counts as failed; any failure requires re-entry). A refusal by a
+    limiter counts as failed and is logged with its reason.
+    """
+
+    def __init__(
+        self,
+        chain: ToolCallChain,
+        *,
+        registry: ToolRegistry | None = None,
+        cost_of: CostEstimator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.tool_registry = LimitedToolRegistry(
+            chain, registry if registry is not None else self.tool_registry, cost_of=cost_of
+        )
+
+    async def execute(self, ctx: Any, plan: Any = None) -> ToolExecutorResult:
+        if plan is None:
+            return ToolExecutorResult()
+        actions = list(plan.actions)
+        outcomes = await asyncio.gather(
+            *(self.tool_registry.execute(action, ctx.to_dict()) for action in actions),
+            return_exceptions=True,
+        )
+        result = ToolExecutorResult()
+        for action, outcome in zip(actions, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                result.actions_failed += 1
+                logger.error("Error executing action %s: %s", action.type, outcome)
+            elif outcome is None:
+                result.actions_failed += 1
+            elif outcome.success:
+                result.actions_executed += 1
+                if outcome.artifacts:
+                    result.artifacts_produced.extend(outcome.artifacts)
+                if action.payload.get("requires_reentry"):
+                    result.requires_reentry = True
+            else:
+                result.actions_failed += 1
+                logger.error("Action %s failed: %s", action.type, outcome.error)
+        if result.actions_failed > 0:
+            result.requires_reentry = True
+        return result
+
+
+class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
+    """``AdvancedToolExecutor`` whose ``execute`` waits for admission first.
+
+    Same constructor arguments as ``AdvancedToolExecutor`` plus ``chain`` and ``cost_of``.
+    Unknown action types raise Stageflow's ``ToolNotFoundError`` without touching a limit.
+    """
+
+    def __init__(
+        self,
+        chain: ToolCallChain,
+        *args: Any,
+        cost_of: CostEstimator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.chain = _attach_events(chain)
+        self.cost_of = cost_of
+
+    async def execute(self, action: Any, ctx: Any) -> Any:
+        if not self.can_execute(action.type):
+            return await super().execute(action, ctx)
+        call = build_call(action, ctx, cost_of=self.cost_of)
+        return await self.chain.run(call, self._run_tool)
+
+    async def _run_tool(self, call: ToolCall) -> Any:
+        return await AdvancedToolExecutor.execute(self, call.action, call.context)
