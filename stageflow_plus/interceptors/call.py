@@ -26,7 +26,7 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _ids = itertools.count(1)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ToolCall:
     """One tool call, as the limiters see it.
 
@@ -45,15 +45,15 @@ class ToolCall:
     """
 
     tool: str
-    payload: Mapping[str, Any] = field(default=_EMPTY)
+    payload: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     action: Any = None
     run_id: str | None = None
     tenant: str = "default"
     priority: int = 0
-    cost: Mapping[str, float] = field(default=_EMPTY)
+    cost: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
     deadline: float | None = None
     context: Any = None
-    limits: Mapping[str, Any] = field(default=_EMPTY)
+    limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     call_id: int = field(default_factory=_ids.__next__)
 
     def log_fields(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Partition:
     name: str
     key: Callable[[ToolCall], str | None]
     limit: int | None = None
-    overrides: Mapping[str, int] = field(default=_NO_OVERRIDES)
+    overrides: Mapping[str, int] = field(default_factory=lambda: _NO_OVERRIDES)
 
     def __post_init__(self) -> None:
         if self.limit is not None:

@@ -39,7 +39,7 @@ class CallScope:
     tenant: str | None = None
     priority: int | None = None
     deadline: float | None = None
-    limits: Mapping[str, Any] = field(default=_EMPTY)
+    limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     stage: str | None = None
 
 
