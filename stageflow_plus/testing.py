@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from .primitives.clock import Clock
+from .primitives.clock import Clock, ManualClock
 
-__all__ = ["ConcurrencyProbe", "SimpleAction", "clock_sleep", "settle"]
+__all__ = ["ConcurrencyProbe", "SimpleAction", "clock_sleep", "drive", "settle"]
 
 
 async def clock_sleep(clock: Clock, seconds: float) -> None:
@@ -48,6 +48,35 @@ async def settle(max_rounds: int = 10_000) -> None:
         else:
             return
     raise RuntimeError(f"tasks still runnable after {max_rounds} rounds")
+
+
+async def drive(
+    clock: ManualClock,
+    tasks: Collection[asyncio.Future[Any]],
+    *,
+    until: float | None = None,
+    max_steps: int = 1_000_000,
+) -> None:
+    """Advance ``clock`` timer by timer until every task in ``tasks`` is done.
+
+    Jumps straight to each next due time (no floating-point drift from fixed steps) and settles
+    the loop after each jump. Stops early at ``until`` if given. Raises ``RuntimeError`` when the
+    tasks are stuck with no timer pending (a lost wake-up) or after ``max_steps`` jumps.
+    """
+    await settle()
+    for _ in range(max_steps):
+        if all(t.done() for t in tasks):
+            return
+        due = clock.next_due()
+        if due is None:
+            raise RuntimeError("tasks are blocked and no timer is pending on the clock")
+        if until is not None and due > until:
+            clock.advance_to(max(until, clock.now()))
+            await settle()
+            return
+        clock.advance_to(max(due, clock.now()))
+        await settle()
+    raise RuntimeError(f"tasks not done after {max_steps} clock steps")
 
 
 @dataclass(frozen=True)

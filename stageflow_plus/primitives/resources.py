@@ -121,13 +121,14 @@ class ConcurrencyPool(Resource):
     below the new capacity.
     """
 
-    __slots__ = ("_capacity", "in_use", "service_time")
+    __slots__ = ("_capacity", "_observed", "in_use", "service_time")
 
     def __init__(self, key: str, capacity: int, *, service_time: float = 0.0) -> None:
         super().__init__(key)
         self._capacity = _check_capacity(capacity, key)
         self.in_use = 0  # invariant: 0 <= in_use; in_use <= capacity except after a decrease
         self.service_time = service_time  # moving average of how long a permit is held
+        self._observed = service_time > 0
 
     @property
     def capacity(self) -> int:
@@ -152,8 +153,13 @@ class ConcurrencyPool(Resource):
     def release(self, amount: float, now: float, held_for: float) -> None:
         self.in_use -= int(amount)
         assert self.in_use >= 0, f"{self.key}: released more permits than taken"
-        # exponential moving average, weight 1/8 for the newest observation
-        self.service_time += (held_for - self.service_time) * 0.125
+        # exponential moving average, weight 1/8 for the newest observation; the first
+        # observation seeds it (an average starting from 0 would underestimate for long)
+        if self._observed:
+            self.service_time += (held_for - self.service_time) * 0.125
+        else:
+            self.service_time = held_for
+            self._observed = True
 
     def refund(self, amount: float, now: float) -> None:
         self.in_use -= int(amount)
