@@ -4,6 +4,7 @@
 """
 
 from .backpressure import Backpressure
+from .breaker import BreakerState, ToolCircuitBreaker, default_is_failure
 from .call import Proceed, ToolCall, ToolCallInterceptor
 from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
@@ -16,6 +17,7 @@ __all__ = [
     "LIMITER_ORDER",
     "AdmissionGate",
     "Backpressure",
+    "BreakerState",
     "ConcurrencyLimiter",
     "LimitPart",
     "MultiListener",
@@ -27,5 +29,7 @@ __all__ = [
     "ToolCall",
     "ToolCallChain",
     "ToolCallInterceptor",
+    "ToolCircuitBreaker",
+    "default_is_failure",
     "default_retry_after",
 ]

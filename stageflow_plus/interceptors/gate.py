@@ -19,7 +19,7 @@ from typing import Any
 
 from ..primitives.admission import AdmissionPolicy
 from ..primitives.clock import Clock
-from ..primitives.errors import ConfigError
+from ..primitives.errors import ConfigError, QueueFull
 from ..primitives.lease import Lease, LimiterListener
 from ..primitives.limiter import Limiter
 from ..primitives.ordering import FifoOrdering, Ordering
@@ -99,6 +99,7 @@ class AdmissionGate:
         "_demanders",
         "_fair_cost",
         "_observers",
+        "_run_waiting",
         "admission",
         "limiter",
         "ordering",
@@ -133,6 +134,7 @@ class AdmissionGate:
         )
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
         self._observers = tuple(p for p in self.parts if p.observes_results)
+        self._run_waiting: dict[str, int] = {}
 
     def set_fair_cost(self, fair_cost: Callable[[ToolCall], float]) -> None:
         """How much of its tenant's share a call uses (set by the queue interceptor)."""
@@ -147,8 +149,14 @@ class AdmissionGate:
         return demands
 
     async def acquire(self, call: ToolCall) -> Lease:
-        """Wait for admission of ``call`` (see :meth:`Limiter.acquire` for errors)."""
+        """Wait for admission of ``call`` (see :meth:`Limiter.acquire` for errors).
+
+        A per-run queue bound (``call.limits["max_queue"]``) refuses with ``QueueFull`` when
+        that many calls of the run already wait.
+        """
         fair_cost = self._fair_cost(call) if self._fair_cost is not None else 1.0
+        if call.limits and call.run_id is not None and "max_queue" in call.limits:
+            return await self._acquire_bounded_by_run(call, fair_cost, call.limits["max_queue"])
         return await self.limiter.acquire(
             self.demands_of(call),
             priority=call.priority,
@@ -157,6 +165,40 @@ class AdmissionGate:
             deadline=call.deadline,
             info=call,
         )
+
+    async def _acquire_bounded_by_run(self, call: ToolCall, fair_cost: float, bound: int) -> Lease:
+        run = str(call.run_id)
+        # a call admitted at once never suspends, so the count only holds calls that wait
+        waiting = self._run_waiting.get(run, 0)
+        demands = self.demands_of(call)
+        now = self.limiter.clock.now()
+        admissible_now = not len(self.limiter) and all(r.available(a, now) for r, a in demands)
+        if waiting >= bound and not admissible_now:
+            error = QueueFull(
+                f"{self.limiter.name}: run {run!r} already has {waiting} calls waiting "
+                f"(its per-run bound is {bound})",
+                key=f"run:{run}",
+                limiter=self.limiter.name,
+                queue_depth=len(self.limiter),
+            )
+            self.limiter._count_rejection(error, call)  # counted like the limiter's own refusals
+            raise error
+        self._run_waiting[run] = waiting + 1
+        try:
+            return await self.limiter.acquire(
+                demands,
+                priority=call.priority,
+                tenant=call.tenant,
+                cost=fair_cost,
+                deadline=call.deadline,
+                info=call,
+            )
+        finally:
+            left = self._run_waiting[run] - 1
+            if left:
+                self._run_waiting[run] = left
+            else:
+                del self._run_waiting[run]
 
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
         lease = await self.acquire(call)

@@ -75,7 +75,15 @@ class TokenBucketRateLimiter(LimitPart):
     with :class:`~stageflow_plus.primitives.errors.CostTooLarge`.
     """
 
-    __slots__ = ("_actual_cost", "_buckets", "_key", "_per_key", "_rates", "_retry_after")
+    __slots__ = (
+        "_actual_cost",
+        "_buckets",
+        "_key",
+        "_per_key",
+        "_rates",
+        "_retry_after",
+        "_run_buckets",
+    )
 
     contributes_demands = True
     observes_results = True
@@ -109,6 +117,7 @@ class TokenBucketRateLimiter(LimitPart):
         self._actual_cost = actual_cost
         self._retry_after = retry_after
         self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
+        self._run_buckets: dict[tuple[str, str, float], TokenBucket] = {}
 
     @staticmethod
     def _check_rates(rates: Rate | Sequence[Rate], where: str) -> tuple[Rate, ...]:
@@ -139,6 +148,36 @@ class TokenBucketRateLimiter(LimitPart):
                 out.append((bucket, 1.0))
             else:
                 out.append((bucket, float(cost.get(bucket.dimension, 0.0))))
+        run_rates = call.limits.get("rates") if call.limits else None
+        if run_rates and call.run_id is not None:
+            self._add_run_demands(call, run_rates, now, out)
+
+    def _add_run_demands(
+        self,
+        call: ToolCall,
+        run_rates: Mapping[str, float],
+        now: float,
+        out: list[tuple[Resource, float]],
+    ) -> None:
+        """Per-run rates (``call.limits["rates"]``, per second): extra buckets, so a run can
+        only tighten what the operator configured, never loosen it."""
+        if len(self._run_buckets) > 4096:
+            self._sweep_run_buckets(now)
+        for dimension, per_second in run_rates.items():
+            slot = (str(call.run_id), dimension, float(per_second))
+            bucket = self._run_buckets.get(slot)
+            if bucket is None:
+                rate = Rate(per_second, per=1.0, burst=max(1.0, per_second), dimension=dimension)
+                bucket = TokenBucket(f"rate:run:{call.run_id}:{dimension}:{per_second:g}/1s",
+                                     rate, now)
+                self._run_buckets[slot] = bucket
+            amount = 1.0 if dimension == "requests" else float(call.cost.get(dimension, 0.0))
+            out.append((bucket, amount))
+
+    def _sweep_run_buckets(self, now: float) -> None:
+        for slot, bucket in list(self._run_buckets.items()):
+            if not bucket.queued and bucket.level(now) >= bucket.burst:
+                del self._run_buckets[slot]
 
     def pause(self, key: str, retry_after: float) -> None:
         """Stop ``key`` for every caller for ``retry_after`` seconds (a provider's 429)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,12 +39,19 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The running asyncio loop's clock (``loop.time()``); the default everywhere."""
+    """The running asyncio loop's clock (``loop.time()``); the default everywhere.
+
+    Outside a running loop (e.g. reading ``statistics()`` after ``asyncio.run``) ``now()``
+    falls back to ``time.monotonic()``, which is what asyncio's own loops use.
+    """
 
     __slots__ = ()
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         return asyncio.get_running_loop().call_at(when, callback)

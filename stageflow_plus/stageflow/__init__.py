@@ -1,9 +1,26 @@
-"""Stageflow integration: tool-runner wrappers, call scope, events.
+"""Stageflow integration: stage adapters, config builder, plugins, overrides, tool wrappers.
 
 .. versionadded:: 0.1.0
 """
 
+from .adapters import (
+    PARTIAL_KEY,
+    REFUSED_KEY,
+    CallScopeInterceptor,
+    InvalidRunOverride,
+    LimitAwareCircuitBreaker,
+    PartialResults,
+    StageLimitInterceptor,
+)
+from .config import StageflowPlus, build, check_order, load_config
 from .events import StageflowEventListener
+from .overrides import OVERRIDE_KEYS, Ceilings, OverrideError, RunOverrides, read_overrides
+from .plugins import (
+    ENTRY_POINT_GROUP,
+    UnknownInterceptor,
+    available_interceptors,
+    load_interceptor,
+)
 from .scope import CallScope, call_scope, current_scope
 from .tools import (
     CostEstimator,
@@ -14,13 +31,33 @@ from .tools import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "OVERRIDE_KEYS",
+    "PARTIAL_KEY",
+    "REFUSED_KEY",
     "CallScope",
+    "CallScopeInterceptor",
+    "Ceilings",
     "CostEstimator",
+    "InvalidRunOverride",
+    "LimitAwareCircuitBreaker",
     "LimitedAdvancedToolExecutor",
     "LimitedToolExecutor",
     "LimitedToolRegistry",
+    "OverrideError",
+    "PartialResults",
+    "RunOverrides",
+    "StageLimitInterceptor",
     "StageflowEventListener",
+    "StageflowPlus",
+    "UnknownInterceptor",
+    "available_interceptors",
+    "build",
     "build_call",
     "call_scope",
+    "check_order",
     "current_scope",
+    "load_config",
+    "load_interceptor",
+    "read_overrides",
 ]

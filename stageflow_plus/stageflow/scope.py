@@ -33,6 +33,10 @@ class CallScope:
     :ivar deadline: absolute time on the chain's clock by which a call must start.
     :ivar limits: per-run limit overrides (already validated, tighten-only).
     :ivar stage: the stage making the calls.
+    :ivar max_wait: longest a call may wait for admission, seconds (``None``: no bound).
+    :ivar cost: default cost estimate of each call (the registry's estimator wins per key).
+    :ivar completed: where the tool wrappers record ``(tool, result)`` of each call that
+        completed, so a stage that times out still has its partial results (``None``: off).
     """
 
     run_id: str | None = None
@@ -41,6 +45,9 @@ class CallScope:
     deadline: float | None = None
     limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     stage: str | None = None
+    max_wait: float | None = None
+    cost: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+    completed: list[tuple[str, Any]] | None = None
 
 
 _current: ContextVar[CallScope | None] = ContextVar("stageflow_plus_call_scope", default=None)

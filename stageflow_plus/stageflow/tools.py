@@ -51,12 +51,20 @@ def _field(ctx: Any, name: str) -> Any:
     return getattr(ctx, name, None)
 
 
-def build_call(action: Any, ctx: Any, *, cost_of: CostEstimator | None = None) -> ToolCall:
+def build_call(
+    action: Any,
+    ctx: Any,
+    *,
+    cost_of: CostEstimator | None = None,
+    now: float | None = None,
+) -> ToolCall:
     """Build the :class:`ToolCall` for ``action`` made with context ``ctx``.
 
     Run id, tenant, priority, deadline and limits come from the current
     :class:`~stageflow_plus.stageflow.scope.CallScope` when one is set, else from the context
-    (``pipeline_run_id``; ``org_id`` as tenant). The cost comes from ``cost_of``.
+    (``pipeline_run_id``; ``org_id`` as tenant). The cost is the scope's default estimate
+    overlaid with ``cost_of``'s. With ``now`` (the chain's clock), the scope's ``max_wait``
+    tightens the deadline to ``now + max_wait``.
     """
     payload = getattr(action, "payload", None) or {}
     tool = str(action.type)
@@ -69,6 +77,15 @@ def build_call(action: Any, ctx: Any, *, cost_of: CostEstimator | None = None) -
     if tenant is None:
         org = _field(ctx, "org_id")
         tenant = str(org) if org is not None else "default"
+    cost: Mapping[str, float] = cost_of(tool, payload) if cost_of is not None else {}
+    deadline = None
+    if scope is not None:
+        if scope.cost:
+            cost = {**scope.cost, **cost}
+        deadline = scope.deadline
+        if scope.max_wait is not None and now is not None:
+            bound = now + scope.max_wait
+            deadline = bound if deadline is None else min(deadline, bound)
     return ToolCall(
         tool=tool,
         payload=payload,
@@ -76,11 +93,22 @@ def build_call(action: Any, ctx: Any, *, cost_of: CostEstimator | None = None) -
         run_id=run_id,
         tenant=tenant,
         priority=scope.priority if scope is not None and scope.priority is not None else 0,
-        cost=cost_of(tool, payload) if cost_of is not None else {},
-        deadline=scope.deadline if scope is not None else None,
+        cost=cost,
+        deadline=deadline,
         context=ctx,
         limits=scope.limits if scope is not None else {},
     )
+
+
+def _now(chain: ToolCallChain) -> float | None:
+    return chain.now() if chain.gate is not None else None
+
+
+def _record(call: ToolCall, result: Any) -> Any:
+    scope = current_scope()
+    if scope is not None and scope.completed is not None:
+        scope.completed.append((call.tool, result))
+    return result
 
 
 def _attach_events(chain: ToolCallChain) -> ToolCallChain:
@@ -118,11 +146,11 @@ class LimitedToolRegistry(ToolRegistry):
     async def execute(self, action: Any, ctx: dict[str, Any]) -> Any:
         if not self.can_execute(action.type):
             return await super().execute(action, ctx)
-        call = build_call(action, ctx, cost_of=self.cost_of)
+        call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
         return await self.chain.run(call, self._run_tool)
 
     async def _run_tool(self, call: ToolCall) -> Any:
-        return await ToolRegistry.execute(self, call.action, call.context)
+        return _record(call, await ToolRegistry.execute(self, call.action, call.context))
 
 
 class LimitedToolExecutor(ToolExecutor):
@@ -198,8 +226,8 @@ class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
     async def execute(self, action: Any, ctx: Any) -> Any:
         if not self.can_execute(action.type):
             return await super().execute(action, ctx)
-        call = build_call(action, ctx, cost_of=self.cost_of)
+        call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
         return await self.chain.run(call, self._run_tool)
 
     async def _run_tool(self, call: ToolCall) -> Any:
-        return await AdvancedToolExecutor.execute(self, call.action, call.context)
+        return _record(call, await AdvancedToolExecutor.execute(self, call.action, call.context))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from stageflow_plus import (
     ToolCallChain,
     default_retry_after,
 )
-from stageflow_plus.interceptors import Partition, Proceed
+from stageflow_plus.interceptors import Partition, Proceed, ToolCallInterceptor
 from stageflow_plus.testing import clock_sleep, drive, settle
 
 pytestmark = pytest.mark.anyio
@@ -219,7 +218,7 @@ async def test_interceptor_used_alone_and_chain_order_around_the_tool() -> None:
     assert await limiter(ToolCall(tool="x"), ok) == "ok:x"
     trace: list[str] = []
 
-    def tracer(name: str) -> Callable[[ToolCall, Proceed], Any]:
+    def tracer(name: str) -> ToolCallInterceptor:
         async def step(call: ToolCall, proceed: Proceed) -> Any:
             trace.append(f"{name}>")
             result = await proceed(call)
