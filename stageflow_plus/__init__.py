@@ -4,11 +4,11 @@ The public API, re-exported flat. See the README for a tour.
 
 .. versionadded:: 0.1.0
 """
-
 from .interceptors import (
     LIMITER_ORDER,
     AdmissionGate,
     Backpressure,
+    BreakerState,
     ConcurrencyLimiter,
     MultiListener,
     Partition,
@@ -18,6 +18,8 @@ from .interceptors import (
     ToolCall,
     ToolCallChain,
     ToolCallInterceptor,
+    ToolCircuitBreaker,
+    default_is_failure,
     default_retry_after,
 )
 from .primitives import (
@@ -48,11 +50,25 @@ from .primitives import (
 )
 from .stageflow import (
     CallScope,
+    CallScopeInterceptor,
+    Ceilings,
+    InvalidRunOverride,
+    LimitAwareCircuitBreaker,
     LimitedAdvancedToolExecutor,
     LimitedToolExecutor,
     LimitedToolRegistry,
+    OverrideError,
+    PartialResults,
     StageflowEventListener,
+    StageflowPlus,
+    StageLimitInterceptor,
+    UnknownInterceptor,
+    available_interceptors,
+    build,
     call_scope,
+    current_scope,
+    load_config,
+    load_interceptor,
 )
 
 __version__ = "0.1.0"
@@ -62,7 +78,10 @@ __all__ = [
     "AdmissionGate",
     "AdmissionPolicy",
     "Backpressure",
+    "BreakerState",
     "CallScope",
+    "CallScopeInterceptor",
+    "Ceilings",
     "CircuitOpen",
     "Clock",
     "ConcurrencyLimiter",
@@ -72,7 +91,9 @@ __all__ = [
     "DeadlineUnmeetable",
     "Evicted",
     "FifoOrdering",
+    "InvalidRunOverride",
     "Lease",
+    "LimitAwareCircuitBreaker",
     "LimitedAdvancedToolExecutor",
     "LimitedToolExecutor",
     "LimitedToolRegistry",
@@ -82,6 +103,8 @@ __all__ = [
     "LoopClock",
     "ManualClock",
     "MultiListener",
+    "OverrideError",
+    "PartialResults",
     "Partition",
     "PriorityFairOrdering",
     "PriorityFairQueue",
@@ -89,7 +112,9 @@ __all__ = [
     "Rate",
     "Rejected",
     "Shedding",
+    "StageLimitInterceptor",
     "StageflowEventListener",
+    "StageflowPlus",
     "StageflowPlusError",
     "StructlogListener",
     "TokenBucket",
@@ -97,9 +122,17 @@ __all__ = [
     "ToolCall",
     "ToolCallChain",
     "ToolCallInterceptor",
+    "ToolCircuitBreaker",
+    "UnknownInterceptor",
     "WaitTimeout",
     "WouldBlock",
     "__version__",
+    "available_interceptors",
+    "build",
     "call_scope",
+    "current_scope",
+    "default_is_failure",
     "default_retry_after",
+    "load_config",
+    "load_interceptor",
 ]
