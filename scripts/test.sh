@@ -17,5 +17,7 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
+# pip's notes about unreachable local mirrors are noise here; real errors still show
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' \
+  2> >(grep -v "^WARNING: Location '" >&2)
 exec "$venv/bin/python" -m pytest "$@"
