@@ -43,7 +43,7 @@ from ..primitives.lease import Lease
 from ..primitives.limiter import Limiter
 from ..primitives.ordering import PriorityFairOrdering
 from ..primitives.resources import ConcurrencyPool
-from .overrides import Ceilings, OverrideError, read_overrides
+from .overrides import Ceilings, OverrideError, RunOverrides, read_overrides
 from .scope import CallScope, _reset, _set
 
 __all__ = [
@@ -96,6 +96,13 @@ def _default_tenant(ctx: Any) -> str:
     return str(org) if org is not None else "default"
 
 
+def _run_overrides(owner: str, stage: str, ctx: Any, ceilings: Ceilings) -> RunOverrides:
+    try:
+        return read_overrides(ctx.data, ceilings, default_tenant=_default_tenant(ctx))
+    except OverrideError as error:
+        raise InvalidRunOverride(f"stage {stage!r}: {error}", interceptor_name=owner) from error
+
+
 class CallScopeInterceptor(BaseInterceptor):
     """Sets the :class:`CallScope` of each stage from ``ctx.data`` and the stage timeout.
 
@@ -121,12 +128,7 @@ class CallScopeInterceptor(BaseInterceptor):
         self._active: dict[tuple[int, str], tuple[CallScope, object]] = {}
 
     async def before(self, stage_name: str, ctx: Any) -> InterceptorResult | None:
-        try:
-            overrides = read_overrides(ctx.data, self.ceilings, default_tenant=_default_tenant(ctx))
-        except OverrideError as error:
-            raise InvalidRunOverride(
-                f"stage {stage_name!r}: {error}", interceptor_name=self.name
-            ) from error
+        overrides = _run_overrides(self.name, stage_name, ctx, self.ceilings)
         run_id = getattr(ctx, "pipeline_run_id", None)
         scope = CallScope(
             run_id=str(run_id) if run_id is not None else f"ctx-{id(ctx)}",
@@ -197,12 +199,7 @@ class StageLimitInterceptor(BaseInterceptor):
         pool = self._pools.get(stage_name)
         if pool is None:
             return None
-        try:
-            overrides = read_overrides(ctx.data, self.ceilings, default_tenant=_default_tenant(ctx))
-        except OverrideError as error:
-            raise InvalidRunOverride(
-                f"stage {stage_name!r}: {error}", interceptor_name=self.name
-            ) from error
+        overrides = _run_overrides(self.name, stage_name, ctx, self.ceilings)
         try:
             lease = await self.limiter.acquire(
                 [(pool, 1.0)],
