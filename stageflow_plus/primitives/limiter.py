@@ -228,6 +228,8 @@ class Limiter:
                 self._leave(waiter, None)
                 self._cancelled += 1
                 self._dispatch()
+            elif waiter.future.done() and not waiter.future.cancelled():
+                waiter.future.exception()  # refused, then cancelled: mark the error retrieved
             raise
 
     # -- control -----------------------------------------------------------------------
@@ -372,7 +374,8 @@ class Limiter:
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
         if self._listener is not None:
-            self._listener.on_queued(info, depth + 1)
+            # not depth + 1: shedding may have evicted a waiter since depth was read
+            self._listener.on_queued(info, len(self._ordering))
         return waiter
 
     def _make_room(
