@@ -1,0 +1,148 @@
+"""Published limits → settings (Little's law), header learning, Retry-After pauses everybody."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from stageflow.tools.base import ToolOutput
+
+from stageflow_plus import (
+    ConfigError,
+    ManualClock,
+    Rate,
+    TokenBucketRateLimiter,
+    ToolCall,
+    ToolCallChain,
+)
+from stageflow_plus.interceptors.provider_feedback import (
+    RateLimitHeaderLearner,
+    default_headers_of,
+    limits_from_provider,
+    parse_duration,
+)
+from stageflow_plus.testing import drive, settle
+
+pytestmark = pytest.mark.anyio
+
+
+def test_littles_law_with_margin_capped_by_the_provider() -> None:
+    s = limits_from_provider(rpm=600, tpm=60_000, max_concurrent=50, latency_s=2.0, safety=0.9)
+    assert s.calls_per_second == pytest.approx(9.0)  # 0.9 * 600/60
+    assert s.concurrency == 27  # ceil(9 calls/s * 2 s * 1.5)
+    requests, tokens = s.rates
+    assert (requests.dimension, requests.limit, requests.per) == ("requests", 540, 60.0)
+    assert requests.capacity == pytest.approx(9.0)  # one second's worth
+    assert (tokens.dimension, tokens.limit) == ("tokens", 54_000)
+    assert tokens.capacity == pytest.approx(900.0)
+    capped = limits_from_provider(rpm=600, max_concurrent=10, latency_s=2.0, safety=0.9)
+    assert capped.concurrency == 10 and len(capped.rates) == 1
+    # tokens bind when calls are large: 60 000 / 60 / 200 = 5 calls/s
+    by_tokens = limits_from_provider(rpm=600, tpm=60_000, latency_s=2.0, safety=1.0,
+                                     mean_tokens=200, margin=1.0)
+    assert by_tokens.calls_per_second == pytest.approx(5.0) and by_tokens.concurrency == 10
+    tiny = limits_from_provider(rpm=6, latency_s=0.01)
+    assert tiny.concurrency == 1
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"rpm": 0}, {"rpm": 60, "safety": 0.0}, {"rpm": 60, "safety": 1.5},
+    {"rpm": 60, "max_concurrent": 0}, {"rpm": 60, "latency_s": -1.0},
+    {"rpm": 60, "margin": 0.5}, {"rpm": float("inf")},
+])
+def test_bad_published_limits_are_config_errors(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        limits_from_provider(**kwargs)
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("1s") == 1.0
+    assert parse_duration("6m0s") == 360.0
+    assert parse_duration("250ms") == pytest.approx(0.25)
+    assert parse_duration("1m30.5s") == pytest.approx(90.5)
+    assert parse_duration("2") == 2.0
+    assert parse_duration("soon") is None
+    assert parse_duration("") is None
+
+
+def _limiter(clock: ManualClock) -> tuple[TokenBucketRateLimiter, ToolCallChain]:
+    limiter = TokenBucketRateLimiter(
+        [Rate(600, per=60, burst=10), Rate(60_000, per=60, burst=1000, dimension="tokens")],
+        key="global")
+    return limiter, ToolCallChain([limiter], clock=clock)
+
+
+def _rates(limiter: TokenBucketRateLimiter) -> dict[str, float]:
+    return {b.dimension: b.rate for b in limiter.bucket_statistics(0.0)}
+
+
+async def test_learner_sets_rates_from_headers_once_per_change() -> None:
+    clock = ManualClock()
+    limiter, chain = _limiter(clock)
+    await chain.run(ToolCall("t"), _ok({}))  # creates the "*" buckets
+    learner = RateLimitHeaderLearner(limiter, safety=1.0)
+    headers = {"X-RateLimit-Limit-Requests": "1200", "x-ratelimit-limit-tokens": "120000",
+               "x-ratelimit-remaining-requests": "5"}
+    learner.observe(headers)
+    learner.observe(headers)
+    assert learner.updates == 1
+    assert _rates(limiter) == {"requests": pytest.approx(20.0), "tokens": pytest.approx(2000.0)}
+    learner.observe({"x-ratelimit-limit-requests": "garbage"})
+    assert learner.updates == 1
+
+
+async def test_learner_pauses_an_exhausted_key_until_one_request_refills() -> None:
+    clock = ManualClock()
+    limiter, chain = _limiter(clock)
+    learner = RateLimitHeaderLearner(limiter, safety=1.0)
+    await chain.run(ToolCall("t"), _ok({}))
+    learner.observe({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
+                     "x-ratelimit-reset-requests": "30s"}, key="*")
+    paused = {b.dimension: b.paused_for for b in limiter.bucket_statistics(clock.now())}
+    assert paused["requests"] == pytest.approx(1.0)  # 60/min: one request per second
+
+
+def _ok(data: dict[str, Any]) -> Any:
+    async def target(call: ToolCall) -> ToolOutput:
+        return ToolOutput(success=True, data=data)
+
+    return target
+
+
+async def test_retry_after_pauses_the_key_for_every_caller() -> None:
+    clock = ManualClock()
+    _, chain = _limiter(clock)
+    ran: list[tuple[str, float]] = []
+
+    async def provider(call: ToolCall) -> ToolOutput:
+        ran.append((call.tenant, clock.now()))
+        if call.tenant == "first":
+            return ToolOutput(success=False, data={"retry_after": 2.0, "status": 429})
+        return ToolOutput(success=True, data={})
+
+    refused = await chain.run(ToolCall("t", tenant="first"), provider)
+    assert refused.data["retry_after"] == 2.0
+    others = [asyncio.ensure_future(chain.run(ToolCall("t", tenant=f"t{i}"), provider))
+              for i in range(3)]
+    await settle()
+    stats = chain.statistics()
+    assert stats is not None and stats.tasks_waiting == 3  # plenty of tokens, yet all wait
+    clock.advance(1.9)
+    await settle()
+    assert len(ran) == 1
+    await drive(clock, others)
+    assert [t for t, _ in ran[1:]] == ["t0", "t1", "t2"]
+    assert all(at == pytest.approx(2.0) for _, at in ran[1:])
+
+
+async def test_learner_as_an_interceptor_reads_tool_output_headers() -> None:
+    clock = ManualClock()
+    limiter = TokenBucketRateLimiter(Rate(600, per=60, burst=10), key="global")
+    learner = RateLimitHeaderLearner(limiter, safety=0.5)
+    chain = ToolCallChain([limiter, learner], clock=clock)
+    out = await chain.run(ToolCall("t"), _ok({"headers": {"x-ratelimit-limit-requests": "240"}}))
+    assert out.success and learner.updates == 1
+    assert _rates(limiter) == {"requests": pytest.approx(2.0)}  # 0.5 * 240 / 60
+    assert default_headers_of(object()) is None
+    assert "RateLimitHeaderLearner" in repr(learner)
