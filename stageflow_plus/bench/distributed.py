@@ -1,0 +1,387 @@
+"""One limit shared by several processes (Redis) against per-process limits.
+
+Worker *processes* (not tasks) call one strict provider
+(:class:`~stageflow_plus.bench.provider.ProviderSimulator` in its own process: RPM, TPM and
+a concurrency cap, answering 429 when exceeded) under an **uneven** load — process 0 is busy
+(many closed-loop tasks), the others send a trickle. Three strategies:
+
+* ``shared``      — one global limit in Redis (``RedisLimits``) shared by all processes,
+  with a local ``ConcurrencyLimiter`` as each process's waiting room;
+* ``per_process`` — each process has the provider's full limit in memory (→ 429s: the
+  effective limit is limit × processes);
+* ``split``       — each process has limit / N in memory (no 429s, but capacity of idle
+  processes is wasted).
+
+Metrics per strategy: calls completed, 429s, and efficiency = completed / what the provider
+could have served in the same window (its burst plus its rate times the window, the
+tightest of RPM / TPM / concurrency). Then every process hammers Redis with acquire+release
+pairs to measure acquire latency (p50/p99 µs of the one acquire round trip) and acquires per
+second per process. Targets: ``shared`` has zero 429s and efficiency ≥ 0.90.
+
+Run ``python -m stageflow_plus.bench.distributed --processes 4 [--backend redis://…]
+[--quick] [--json PATH]``; without ``--backend`` a temporary ``redis-server`` is started.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["format_distributed_table", "main", "run_distributed_bench"]
+
+STRATEGIES = ("shared", "per_process", "split")
+PROVIDER = {"rpm": 6000.0, "tpm": 1_200_000.0, "max_concurrent": 8, "latency_ms": 50.0,
+            "latency_jitter_ms": 20.0, "burst_s": 1.0}
+TOKENS = (50, 150)  # tokens per call, uniform
+SAFETY_BURST = 0.9  # client buckets hold 90 % of the provider's: slack for network jitter
+
+
+# -- the worker process ------------------------------------------------------------------
+
+
+class _Silent:
+    """A limiter listener that drops every event (the benchmark measures, it does not log)."""
+
+    def on_queued(self, info: Any, depth: int) -> None: ...
+    def on_admitted(self, info: Any, wait: float) -> None: ...
+    def on_rejected(self, info: Any, error: Any) -> None: ...
+    def on_released(self, info: Any, held: float) -> None: ...
+
+
+def _chain(cfg: dict[str, Any], backend: Any) -> Any:
+    from ..backends.limits import RedisLimits
+    from ..interceptors import ConcurrencyLimiter, TokenBucketRateLimiter, ToolCallChain
+    from ..primitives import Rate
+
+    p, share = PROVIDER, cfg["share"]
+    rates = [Rate(p["rpm"] * share, per=60, burst=p["rpm"] / 60 * p["burst_s"] * share
+                  * SAFETY_BURST),
+             Rate(p["tpm"] * share, per=60, burst=p["tpm"] / 60 * p["burst_s"] * share
+                  * SAFETY_BURST, dimension="tokens")]
+    cap = max(1, int(p["max_concurrent"] * share))
+    if cfg["strategy"] == "shared":
+        steps: list[Any] = [ConcurrencyLimiter(cap),
+                            RedisLimits(backend, concurrency=cap, rates=rates)]
+    else:
+        steps = [ConcurrencyLimiter(cap), TokenBucketRateLimiter(rates, key="global")]
+    return ToolCallChain(steps, listener=_Silent())
+
+
+async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    from ..backends.redis import RedisBackend
+    from ..interceptors import ToolCall
+
+    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=5.0) if cfg["redis"] else None
+    chain = _chain(cfg, backend)
+    rng = random.Random(cfg["index"])
+    counts = {"completed": 0, "http_429": 0, "errors": 0}
+    await asyncio.sleep(max(0.0, cfg["start_at"] - time.time()))
+    loop = asyncio.get_running_loop()
+    end = loop.time() + cfg["duration"]
+    url = cfg["provider"] + "/v1/call"
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def send(call: ToolCall) -> float:
+            if loop.time() >= end:
+                return -1.0  # admitted after the window: not sent
+            async with session.post(url, json={"tokens": call.cost["tokens"], "tenant": "t",
+                                               "priority": 0}) as response:
+                await response.read()
+                if response.status == 200:
+                    counts["completed"] += 1
+                    return 0.0
+                if response.status == 429:
+                    counts["http_429"] += 1
+                    return float(response.headers.get("retry-after", "0.05"))
+                counts["errors"] += 1
+                return 0.0
+
+        async def client() -> None:
+            while loop.time() < end:
+                call = ToolCall("llm", cost={"tokens": float(rng.randint(*TOKENS))},
+                                deadline=end)
+                try:
+                    retry_after = await chain.run(call, send)
+                except Exception:  # a refusal at the window's end
+                    break
+                if retry_after > 0:
+                    await asyncio.sleep(retry_after)  # a polite client honours Retry-After
+                if cfg["think"]:
+                    await asyncio.sleep(rng.expovariate(1 / cfg["think"]))
+
+        await asyncio.gather(*(client() for _ in range(cfg["tasks"])))
+    if backend is not None:
+        stats = backend.statistics()
+        tries = (stats.acquired + stats.refused) / max(1, stats.acquired)
+        counts["acquire_tries_per_grant"] = round(tries, 2)  # type: ignore[assignment]
+        await backend.aclose()
+    return counts
+
+
+async def _hammer(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Latency of one acquire with one task per process (no client-side queueing), then
+    acquire+release pairs per second with ``tasks`` tasks per process."""
+    from ..backends.limits import RedisLimits
+    from ..backends.redis import RedisBackend
+    from ..interceptors import ToolCall
+
+    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=5.0)
+    limits = RedisLimits(backend, concurrency=1_000_000)
+    await asyncio.sleep(max(0.0, cfg["start_at"] - time.time()))
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    pairs = 0
+
+    async def one_task(end: float, record: bool) -> None:
+        nonlocal pairs
+        while loop.time() < end:
+            started = time.perf_counter()
+            lease = await limits.acquire(ToolCall("x"))
+            if record:
+                latencies.append(time.perf_counter() - started)
+            await lease.release()
+            pairs += 1
+
+    await one_task(loop.time() + cfg["duration"], True)
+    pairs = 0
+    end = loop.time() + cfg["duration"]
+    await asyncio.gather(*(one_task(end, False) for _ in range(cfg["tasks"])))
+    await backend.aclose()
+    latencies.sort()
+    n = len(latencies)
+    return {"acquires_per_s": pairs / cfg["duration"],
+            "acquire_p50_us": latencies[n // 2] * 1e6 if n else None,
+            "acquire_p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6 if n else None}
+
+
+def _worker(cfg: dict[str, Any]) -> int:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    job = _hammer if cfg["mode"] == "hammer" else _load
+    print(json.dumps(asyncio.run(job(cfg))), flush=True)
+    return 0
+
+
+# -- the parent --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _redis_server() -> Iterator[str]:
+    """A temporary ``redis-server`` on a free loopback port, no persistence."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server not found: install it or pass --backend redis://…")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as directory:
+        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                                 directory, "--save", "", "--appendonly", "no"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def _provider() -> Iterator[str]:
+    p = PROVIDER
+    args = [sys.executable, "-m", "stageflow_plus.bench.provider", "--port", "0",
+            "--rpm", str(p["rpm"]), "--tpm", str(p["tpm"]),
+            "--max-concurrent", str(p["max_concurrent"]), "--latency-ms", str(p["latency_ms"]),
+            "--latency-jitter-ms", str(p["latency_jitter_ms"]), "--burst-s", str(p["burst_s"])]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError("the provider simulator did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _http(method: str, url: str) -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+
+
+def _run_workers(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    procs = [subprocess.Popen([sys.executable, "-m", "stageflow_plus.bench.distributed",
+                               "--worker", json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
+             for cfg in configs]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"a benchmark worker failed (exit {proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def _provider_capacity(seconds: float) -> float:
+    from .provider import ProviderLimits
+
+    limits = ProviderLimits(**PROVIDER)  # type: ignore[arg-type]
+    return limits.max_calls_in(seconds, sum(TOKENS) / 2)
+
+
+def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
+                          quick: bool = False) -> dict[str, Any]:
+    """Run the three strategies and the Redis acquire measurement; JSON-ready results.
+
+    :param processes: worker processes (>= 1; uneven load: process 0 is the busy one).
+    :param backend_url: ``redis://…`` of the shared limit (``None``: a temporary server).
+    :param quick: shorter windows (for CI and tests).
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if backend_url is not None:
+        from ..backends import backend_from_url
+
+        backend_from_url(backend_url)  # validates (ConfigError) before spawning anything
+    duration = 3.0 if quick else 8.0
+    with _redis_server() if backend_url is None else _given(backend_url) as redis_url, \
+            _provider() as provider:
+        strategies: dict[str, Any] = {}
+        for strategy in STRATEGIES:
+            _http("POST", provider + "/reset")
+            start_at = time.time() + 1.5  # workers start together once imported
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            configs = [{"mode": "load", "strategy": strategy, "index": i, "redis": redis_url,
+                        "prefix": prefix, "provider": provider, "start_at": start_at,
+                        "duration": duration, "tasks": 24 if i == 0 else 1,
+                        "think": 0.0 if i == 0 else 0.2,
+                        "share": 1.0 / processes if strategy == "split" else 1.0}
+                       for i in range(processes)]
+            workers = _run_workers(configs)
+            stats = _http("GET", provider + "/stats")
+            completed = sum(w["completed"] for w in workers)
+            strategies[strategy] = {
+                "completed": completed,
+                "http_429": stats["http_429"],
+                "efficiency": round(completed / _provider_capacity(duration), 3),
+                "per_process_completed": [w["completed"] for w in workers],
+                "max_concurrent_observed": stats["max_concurrent_observed"],
+                "acquire_tries_per_grant": [w.get("acquire_tries_per_grant") for w in workers],
+            }
+        def hammer(n: int) -> list[dict[str, Any]]:
+            start_at = time.time() + 1.5
+            return _run_workers([{"mode": "hammer", "redis": redis_url, "index": i,
+                                  "prefix": f"hammer{uuid.uuid4().hex[:8]}",
+                                  "start_at": start_at, "duration": 1.0 if quick else 3.0,
+                                  "tasks": 8} for i in range(n)])
+
+        alone = hammer(1)[0]
+        together = hammer(processes)
+    return {
+        "processes": processes,
+        "duration_s": duration,
+        "provider": dict(PROVIDER),
+        "provider_capacity": round(_provider_capacity(duration), 1),
+        "strategies": strategies,
+        "redis": {
+            "alone_acquire_p50_us": round(alone["acquire_p50_us"] or 0),
+            "alone_acquire_p99_us": round(alone["acquire_p99_us"] or 0),
+            "alone_acquires_per_s": round(alone["acquires_per_s"]),
+            "acquires_per_s_per_process": [round(h["acquires_per_s"]) for h in together],
+            "acquire_p50_us": [round(h["acquire_p50_us"] or 0) for h in together],
+            "acquire_p99_us": [round(h["acquire_p99_us"] or 0) for h in together],
+        },
+        "targets": {
+            "shared_zero_429": strategies["shared"]["http_429"] == 0,
+            "shared_efficiency_ge_0.90": strategies["shared"]["efficiency"] >= 0.90,
+        },
+    }
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
+
+
+def format_distributed_table(result: dict[str, Any]) -> str:
+    """The results as a plain-text table."""
+    lines = [f"{result['processes']} processes, {result['duration_s']:g} s window, uneven load; "
+             f"provider capacity {result['provider_capacity']:g} calls",
+             f"{'strategy':<12} {'completed':>9} {'429s':>6} {'efficiency':>10}  per process"]
+    for name, row in result["strategies"].items():
+        lines.append(f"{name:<12} {row['completed']:>9} {row['http_429']:>6} "
+                     f"{row['efficiency']:>10.3f}  {row['per_process_completed']}")
+    r = result["redis"]
+    lines.append(f"redis acquire, one process alone: p50 {r['alone_acquire_p50_us']} µs, "
+                 f"p99 {r['alone_acquire_p99_us']} µs, {r['alone_acquires_per_s']} "
+                 "acquire+release pairs/s (8 tasks)")
+    lines.append(f"all {result['processes']} at once: p50 µs {r['acquire_p50_us']}, "
+                 f"p99 µs {r['acquire_p99_us']}, pairs/s {r['acquires_per_s_per_process']}")
+    lines.append("shared: acquire tries per grant (polls while blocked) "
+                 f"{result['strategies']['shared']['acquire_tries_per_grant']}")
+    lines.append("targets: " + ", ".join(f"{k}={'ok' if v else 'MISSED'}"
+                                         for k, v in result["targets"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stageflow_plus.bench.distributed``; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m stageflow_plus.bench.distributed",
+                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--backend", metavar="URL", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", metavar="PATH", default=None)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        return _worker(json.loads(args.worker))
+    result = run_distributed_bench(processes=args.processes, backend_url=args.backend,
+                                   quick=args.quick)
+    print(format_distributed_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(result, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Global permits in a real Redis: GCRA math, all-or-nothing, refunds, pauses, policies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from redis.exceptions import (
+    BusyLoadingError,
+    ConnectionError,
+    RedisError,
+    ResponseError,
+    TimeoutError,
+)
+
+from stageflow_plus.backends import BackendUnavailable, MemoryBackend, backend_from_url
+from stageflow_plus.backends.limits import RedisLimits
+from stageflow_plus.backends.redis import GlobalBucket, RedisBackend
+from stageflow_plus.interceptors import ConcurrencyLimiter, ToolCall, ToolCallChain
+from stageflow_plus.primitives import (
+    ConfigError,
+    CostTooLarge,
+    DeadlineUnmeetable,
+    Rate,
+    WaitTimeout,
+)
+
+from .redis_helpers import RedisServer, free_port
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+
+@pytest.fixture
+async def backend(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisBackend]:
+    b = RedisBackend(redis_server.url, prefix=prefix, ttl=2.0)
+    try:
+        yield b
+    finally:
+        await b.aclose()
+
+
+def _bucket(key: str, rate: float, burst: float, amount: float) -> GlobalBucket:
+    return GlobalBucket(key, rate, burst, amount)
+
+
+async def test_gcra_burst_then_rate(backend: RedisBackend) -> None:
+    bucket = _bucket("r:requests", rate=10.0, burst=5.0, amount=1.0)
+    grants = [await backend.try_acquire([], [bucket]) for _ in range(5)]
+    assert all(g.granted for g, _ in grants)
+    grant, lease = await backend.try_acquire([], [bucket])
+    assert not grant.granted and lease is None
+    assert grant.reason == "rate" and grant.key.endswith("gcra:r:requests")
+    assert 0.05 < grant.wait <= 0.1 + 1e-6  # one emission interval, minus elapsed time
+    await asyncio.sleep(grant.wait + 0.01)
+    assert (await backend.try_acquire([], [bucket]))[0].granted
+
+
+async def test_all_or_nothing_across_two_buckets(backend: RedisBackend) -> None:
+    def buckets(tokens: float) -> list[GlobalBucket]:
+        return [_bucket("k:requests", 0.01, 2.0, 1.0), _bucket("k:tokens", 0.01, 100.0, tokens)]
+
+    assert (await backend.try_acquire([], buckets(80)))[0].granted
+    refused, _ = await backend.try_acquire([], buckets(50))
+    assert not refused.granted and refused.reason == "rate" and "tokens" in refused.key
+    # the refused call took no request: one request is still there
+    assert (await backend.try_acquire([], buckets(10)))[0].granted
+    no_requests, _ = await backend.try_acquire([], buckets(0))
+    assert not no_requests.granted and "requests" in no_requests.key
+
+
+async def test_refund_and_charge_in_the_release(backend: RedisBackend) -> None:
+    def tokens(n: float) -> list[GlobalBucket]:
+        return [_bucket("c:tokens", 0.01, 100.0, n)]
+
+    _, lease = await backend.try_acquire([], tokens(80))
+    assert lease is not None
+    assert not (await backend.try_acquire([], tokens(85)))[0].granted
+    await lease.release({"tokens": 10})  # used 10 of the 80 estimated: 70 come back
+    _, second = await backend.try_acquire([], tokens(85))
+    assert second is not None
+    await second.release({"tokens": 185})  # used 100 more than estimated: debt
+    debt, _ = await backend.try_acquire([], tokens(0))
+    assert not debt.granted and debt.wait > 1000  # at 0.01 tokens/s
+
+
+async def test_concurrency_leases_release_and_one_round_trip(backend: RedisBackend) -> None:
+    pools = [("global:*", 2)]
+    before = backend.statistics().round_trips
+    held = [(await backend.try_acquire(pools, []))[1] for _ in range(2)]
+    assert backend.statistics().round_trips - before == 2  # one round trip per acquire
+    grant, _ = await backend.try_acquire(pools, [])
+    assert not grant.granted and grant.reason == "concurrency"
+    assert 0 < grant.wait <= backend.ttl  # upper bound: the earliest lease expiry
+    lease = held[0]
+    assert lease is not None
+    await lease.release()
+    await lease.release()  # idempotent
+    assert (await backend.try_acquire(pools, []))[0].granted
+    stats = backend.statistics()
+    assert stats.acquired == 3 and stats.refused == 1 and stats.acquire_latency.samples == 4
+
+
+async def test_expired_leases_are_purged_by_the_script(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    crashed = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    try:
+        _, lease = await crashed.try_acquire([("global:*", 1)], [])
+        assert lease is not None
+        await crashed.aclose()  # no heartbeat from now on: like a crash
+        assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
+        await asyncio.sleep(0.4)
+        assert (await other.try_acquire([("global:*", 1)], []))[0].granted
+    finally:
+        await other.aclose()
+
+
+async def test_heartbeat_keeps_long_calls_leased(redis_server: RedisServer, prefix: str) -> None:
+    holder = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    try:
+        _, lease = await holder.try_acquire([("global:*", 1)], [])
+        assert lease is not None
+        await asyncio.sleep(0.8)  # well past the TTL: the heartbeat extended it
+        assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
+        await lease.release()
+        assert (await other.try_acquire([("global:*", 1)], []))[0].granted
+        assert holder.statistics().lost_leases == 0
+    finally:
+        await holder.aclose()
+        await other.aclose()
+
+
+async def test_pause_is_seen_by_every_process(redis_server: RedisServer, prefix: str) -> None:
+    one = RedisBackend(redis_server.url, prefix=prefix)
+    two = RedisBackend(redis_server.url, prefix=prefix)
+    rate = [_bucket("p:requests", 100.0, 10.0, 1.0)]
+    try:
+        assert await one.pause("rate:openai", 0.3) == pytest.approx(0.3)
+        assert await one.pause("rate:openai", 0.1) > 0.2  # the later pause is kept
+        grant, _ = await two.try_acquire([], rate, ["rate:openai"])
+        assert not grant.granted and grant.reason == "paused" and 0.1 < grant.wait <= 0.3
+        await asyncio.sleep(grant.wait + 0.01)
+        assert (await two.try_acquire([], rate, ["rate:openai"]))[0].granted
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+# -- the interceptor --------------------------------------------------------------------
+
+
+async def _ok(call: ToolCall) -> str:
+    await asyncio.sleep(0.01)
+    return "ok"
+
+
+def _chain(limits: RedisLimits, local: int = 8) -> ToolCallChain:
+    return ToolCallChain([ConcurrencyLimiter(local), limits])
+
+
+async def test_interceptor_rate_deadline_and_retry_after(backend: RedisBackend) -> None:
+    limits = RedisLimits(backend, rates=[Rate(2, per=1, burst=1)])
+    chain = _chain(limits)
+    assert await chain.run(ToolCall("t"), _ok) == "ok"
+    with pytest.raises(DeadlineUnmeetable) as info:
+        await chain.run(ToolCall("t", deadline=chain.now() + 0.05), _ok)
+    assert info.value.retry_after is not None and 0.3 < info.value.retry_after <= 0.5
+    # without a deadline the call waits for its slot, then runs
+    assert await chain.run(ToolCall("t"), _ok) == "ok"
+
+    async def rate_limited(call: ToolCall) -> dict[str, Any]:
+        return {"retry_after": 0.4}
+
+    await chain.run(ToolCall("t"), rate_limited)  # a 429 answer: pauses the key everywhere
+    grant, _ = await backend.try_acquire([], [], ["rate:*"])
+    assert grant.reason == "paused"
+
+
+async def test_interceptor_cost_too_large_and_concurrency_timeout(backend: RedisBackend) -> None:
+    limits = RedisLimits(backend, concurrency=1,
+                         rates=[Rate(1000, per=1, burst=100, dimension="tokens")])
+    chain = _chain(limits)
+    with pytest.raises(CostTooLarge):
+        await chain.run(ToolCall("t", cost={"tokens": 101}), _ok)
+    release = asyncio.Event()
+
+    async def hold(call: ToolCall) -> str:
+        await release.wait()
+        return "held"
+
+    holder = asyncio.create_task(chain.run(ToolCall("t"), hold))
+    await asyncio.sleep(0.05)
+    with pytest.raises(WaitTimeout):
+        await chain.run(ToolCall("t", deadline=chain.now() + 0.1), _ok)
+    release.set()
+    assert await holder == "held"
+    assert await chain.run(ToolCall("t", deadline=chain.now() + 1), _ok) == "ok"
+
+
+async def test_cancelled_waiters_take_nothing(backend: RedisBackend) -> None:
+    limits = RedisLimits(backend, concurrency=1)
+    chain = _chain(limits)
+    gate = asyncio.Event()
+
+    async def hold(call: ToolCall) -> str:
+        await gate.wait()
+        return "held"
+
+    holder = asyncio.create_task(chain.run(ToolCall("t"), hold))
+    await asyncio.sleep(0.05)
+    waiters = [asyncio.create_task(chain.run(ToolCall("t"), _ok)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    gate.set()
+    await holder
+    await asyncio.sleep(0.05)  # background releases
+    zset = backend.pool_key("global:*")
+    assert await backend.client.zcard(zset) == 0
+
+
+async def test_per_tool_caps_are_separate_pools(backend: RedisBackend) -> None:
+    limits = RedisLimits(backend, per_tool={"search": 1}, per_tenant=5)
+    pools, buckets, pauses = limits.spec(ToolCall("search", tenant="acme"))
+    assert pools == [("tool:search", 1), ("tenant:acme", 5)] and not buckets and not pauses
+    held = await limits.acquire(ToolCall("search"))
+    with pytest.raises(WaitTimeout):
+        await limits.acquire(ToolCall("search", deadline=asyncio.get_running_loop().time() + 0.05))
+    other = await limits.acquire(ToolCall("fetch"))  # not capped per tool
+    await other.release()
+    await held.release()
+    assert (await limits.acquire(ToolCall("search"))).pools == (backend.pool_key("tool:search"),
+                                                                backend.pool_key("tenant:default"))
+
+
+# -- Redis unavailable ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["fail_open", "fail_closed"])
+async def test_unreachable_redis_follows_the_policy(policy: str) -> None:
+    backend = backend_from_url(f"redis://127.0.0.1:{free_port()}/0", on_unavailable=policy,
+                               op_timeout=0.5)
+    assert isinstance(backend, RedisBackend)
+    chain = ToolCallChain(backend.limits(concurrency=2, rates=Rate(10, per=1)))
+    try:
+        async with asyncio.timeout(5):
+            for _ in range(3):
+                if policy == "fail_open":
+                    assert await chain.run(ToolCall("t"), _ok) == "ok"
+                else:
+                    with pytest.raises(BackendUnavailable, match="unavailable") as info:
+                        await chain.run(ToolCall("t"), _ok)
+                    assert info.value.retry_after == backend.recheck_s
+        stats = backend.statistics()
+        assert stats.unavailable == 1  # then the backend waits recheck_s before trying again
+        if policy == "fail_open":
+            assert stats.failed_open == 3 and stats.failed_closed == 0
+        else:
+            assert stats.failed_closed == 3 and stats.failed_open == 0
+    finally:
+        await backend.aclose()
+
+
+def _raiser(error: BaseException) -> Callable[..., Awaitable[Any]]:
+    async def script(**kwargs: Any) -> Any:
+        raise error
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionError("refused"), TimeoutError("slow"), BusyLoadingError("loading"),
+     ResponseError("ERR script"), RedisError("other"), OSError("socket")],
+)
+async def test_every_redis_error_is_translated_at_one_boundary(error: BaseException) -> None:
+    backend = RedisBackend("redis://127.0.0.1:1/0")
+    try:
+        with pytest.raises(BackendUnavailable) as info:
+            await backend._run(_raiser(error), [], [])
+        assert info.value.__cause__ is error
+        with pytest.raises(BackendUnavailable, match="retrying in"):
+            await backend._run(_raiser(error), [], [])  # inside recheck_s: no new attempt
+    finally:
+        await backend.aclose()
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def test_backend_from_url_validates() -> None:
+    assert isinstance(backend_from_url("memory://"), MemoryBackend)
+    assert isinstance(backend_from_url(), MemoryBackend)
+    for bad, message in [
+        ("mysql://x", "unknown backend scheme"),
+        ("localhost:6379", "must look like"),
+        ("redis://", "needs a host"),
+        ("redis://h:99999/0", "port"),
+        ("redis://h:6379/zero", "must be a number"),
+        ("memory://host", "takes no host"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            backend_from_url(bad)
+    with pytest.raises(ConfigError, match="unknown option"):
+        backend_from_url("redis://h/0", ttl_s=3)
+    with pytest.raises(ConfigError, match="on_unavailable"):
+        backend_from_url("redis://h/0", on_unavailable="maybe")
+    with pytest.raises(ConfigError, match="ttl"):
+        backend_from_url("redis://h/0", ttl=0)
+    with pytest.raises(ConfigError, match="takes no options"):
+        backend_from_url("memory://", ttl=1)
+    with pytest.raises(ConfigError, match="rate_key"):
+        RedisLimits(RedisBackend("redis://h/0"), rate_key="model")
+    with pytest.raises(ConfigError, match="concurrency"):
+        RedisLimits(RedisBackend("redis://h/0"), concurrency=0)
+
+
+async def test_memory_backend_builds_the_same_chain() -> None:
+    chain = ToolCallChain(MemoryBackend().limits(concurrency=2, rates=Rate(100, per=1)))
+    assert chain.gate is not None and len(chain.gate.parts) == 2
+    assert await chain.run(ToolCall("t"), _ok) == "ok"
+
+
+def test_lua_scripts_ship_inside_the_package() -> None:
+    from importlib import resources
+
+    lua = resources.files("stageflow_plus.backends").joinpath("lua")
+    names = {entry.name for entry in lua.iterdir()}
+    assert {"acquire.lua", "release.lua", "extend.lua", "pause.lua"} <= names
+
+
+def test_distributed_bench_table_and_validation() -> None:
+    from stageflow_plus.bench.distributed import format_distributed_table, run_distributed_bench
+
+    with pytest.raises(ConfigError):
+        run_distributed_bench(processes=2, backend_url="mysql://x", quick=True)
+    with pytest.raises(ValueError):
+        run_distributed_bench(processes=0, backend_url=None, quick=True)
+    row = {"completed": 10, "http_429": 0, "efficiency": 0.95, "per_process_completed": [9, 1],
+           "acquire_tries_per_grant": [1.0, 2.0]}
+    table = format_distributed_table({
+        "processes": 2, "duration_s": 3.0, "provider_capacity": 10.5,
+        "strategies": {"shared": row, "per_process": row, "split": row},
+        "redis": {"alone_acquire_p50_us": 200, "alone_acquire_p99_us": 300,
+                  "alone_acquires_per_s": 4000, "acquire_p50_us": [1, 2],
+                  "acquire_p99_us": [3, 4], "acquires_per_s_per_process": [5, 6]},
+        "targets": {"shared_zero_429": True},
+    })
+    assert "shared" in table and "shared_zero_429=ok" in table
