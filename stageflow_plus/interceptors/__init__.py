@@ -11,6 +11,13 @@ from .concurrency import ConcurrencyLimiter, Partition
 from .gate import AdmissionGate, LimitPart
 from .observe import MultiListener, StructlogListener
 from .priority import PriorityFairQueue
+from .provider_feedback import (
+    ProviderSettings,
+    RateLimitHeaderLearner,
+    default_headers_of,
+    limits_from_provider,
+    parse_duration,
+)
 from .rate import TokenBucketRateLimiter, default_retry_after
 
 __all__ = [
@@ -24,12 +31,17 @@ __all__ = [
     "Partition",
     "PriorityFairQueue",
     "Proceed",
+    "ProviderSettings",
+    "RateLimitHeaderLearner",
     "StructlogListener",
     "TokenBucketRateLimiter",
     "ToolCall",
     "ToolCallChain",
     "ToolCallInterceptor",
     "ToolCircuitBreaker",
+    "default_headers_of",
     "default_is_failure",
     "default_retry_after",
+    "limits_from_provider",
+    "parse_duration",
 ]

@@ -12,8 +12,18 @@ from .adapters import (
     PartialResults,
     StageLimitInterceptor,
 )
+from .batch import (
+    BatchFailed,
+    BatchItem,
+    BatchResult,
+    BatchTarget,
+    Strategy,
+    ToolFailed,
+    run_batch,
+)
 from .config import StageflowPlus, build, check_order, load_config
 from .events import StageflowEventListener
+from .output_bag import BagStatistics, ToolResultBag, VersionConflict, Versioned, WriteConflict
 from .overrides import OVERRIDE_KEYS, Ceilings, OverrideError, RunOverrides, read_overrides
 from .plugins import (
     ENTRY_POINT_GROUP,
@@ -35,6 +45,11 @@ __all__ = [
     "OVERRIDE_KEYS",
     "PARTIAL_KEY",
     "REFUSED_KEY",
+    "BagStatistics",
+    "BatchFailed",
+    "BatchItem",
+    "BatchResult",
+    "BatchTarget",
     "CallScope",
     "CallScopeInterceptor",
     "Ceilings",
@@ -50,7 +65,13 @@ __all__ = [
     "StageLimitInterceptor",
     "StageflowEventListener",
     "StageflowPlus",
+    "Strategy",
+    "ToolFailed",
+    "ToolResultBag",
     "UnknownInterceptor",
+    "VersionConflict",
+    "Versioned",
+    "WriteConflict",
     "available_interceptors",
     "build",
     "build_call",
@@ -60,4 +81,5 @@ __all__ = [
     "load_config",
     "load_interceptor",
     "read_overrides",
+    "run_batch",
 ]

@@ -18,10 +18,20 @@ environment variables) with these sections, every key optional::
     [stageflow_plus.ceilings]          # Ceilings for per-run ctx.data overrides
     [stageflow_plus.priorities]        # call_scope = 8, stage_limit = 12 (stage interceptors)
     [stageflow_plus.plugin_options.acme_audit]   # keyword options of a plugin
+    [stageflow_plus.backend]           # url = "memory://" (default) or "redis://host:6379/0";
+                                       #   prefix, ttl, on_unavailable, op_timeout, recheck_s
+
+With a Redis backend the ``concurrency`` (``limit``, ``per_tool``, ``per_tenant``) and
+``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix:
+a local :class:`ConcurrencyLimiter` with the same caps stays as each process's waiting room
+(priority, fairness, queue bounds, per-run caps), followed by
+:class:`~stageflow_plus.backends.limits.RedisLimits` holding the global permits and buckets.
+``per_key_rates`` has no Redis form yet and is refused with a Redis backend.
 
 Environment variables (applied over the file/dict): ``STAGEFLOW_PLUS_CONFIG`` (a TOML file
 read when no config is given), ``STAGEFLOW_PLUS_MAX_CONCURRENT`` (global tool-call
-concurrency), ``STAGEFLOW_PLUS_MAX_QUEUE``, ``STAGEFLOW_PLUS_RPM`` / ``STAGEFLOW_PLUS_TPM``
+concurrency), ``STAGEFLOW_PLUS_MAX_QUEUE``, ``STAGEFLOW_PLUS_BACKEND`` (the backend URL),
+``STAGEFLOW_PLUS_RPM`` / ``STAGEFLOW_PLUS_TPM``
 (requests / tokens per minute on one global key), ``STAGEFLOW_PLUS_MAX_PRIORITY``.
 
 Every unknown key, wrong type and order that breaks coordination with Stageflow's
@@ -37,7 +47,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +58,7 @@ from stageflow.pipeline.interceptors import (
     get_default_interceptors,
 )
 
+from ..backends.base import LimitsBackend, MemoryBackend, backend_from_url
 from ..interceptors.backpressure import Backpressure
 from ..interceptors.breaker import ToolCircuitBreaker
 from ..interceptors.chain import ToolCallChain
@@ -92,6 +103,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     ),
     "priorities": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
+    "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
 }
 RATE_KEYS = frozenset({"limit", "per", "burst", "dimension", "start_full"})
 ENV_PREFIX = "STAGEFLOW_PLUS_"
@@ -156,6 +168,8 @@ def _apply_env(config: dict[str, Any], environ: Mapping[str, str]) -> None:
         config.setdefault("concurrency", {})["limit"] = value
     if (value := _env_int(environ, "MAX_QUEUE")) is not None:
         config.setdefault("backpressure", {})["max_queue"] = value
+    if url := environ.get(f"{ENV_PREFIX}BACKEND"):
+        config.setdefault("backend", {})["url"] = url
     if (value := _env_int(environ, "MAX_PRIORITY")) is not None:
         config.setdefault("ceilings", {})["max_priority"] = value
     rates: list[dict[str, Any]] = []
@@ -234,11 +248,18 @@ class StageflowPlus:
         defaults (with the breaker replaced) plus ours and the plugins'; pass it to
         ``Pipeline.build(interceptors=...)``.
     :ivar config: the validated config it was built from.
+    :ivar backend: where the limits live (:class:`MemoryBackend` unless
+        ``[stageflow_plus.backend] url`` names Redis); close it with :meth:`aclose`.
     """
 
     chain: ToolCallChain
     interceptors: list[BaseInterceptor]
     config: Mapping[str, Any]
+    backend: LimitsBackend = field(default_factory=MemoryBackend)
+
+    async def aclose(self) -> None:
+        """Close the backend's connections (held Redis leases then expire by TTL)."""
+        await self.backend.aclose()
 
     def registry(
         self, registry: Any = None, *, cost_of: CostEstimator | None = None
@@ -276,21 +297,11 @@ def build(
         steps.append(_make("backpressure", Backpressure, cfg["backpressure"]))
     if "priority" in cfg:
         steps.append(_make("priority", PriorityFairQueue, cfg["priority"]))
-    if "rate" in cfg:
-        rate = dict(cfg["rate"])
-        if "rates" not in rate:
-            raise ConfigError("stageflow_plus.rate.rates is required (one or more rates)")
-        rate["rates"] = _rates(rate["rates"], "stageflow_plus.rate.rates")
-        if "per_key_rates" in rate:
-            per_key = rate["per_key_rates"]
-            if not isinstance(per_key, Mapping):
-                raise ConfigError("stageflow_plus.rate.per_key_rates must be a table of rates")
-            rate["per_key_rates"] = {
-                k: _rates(v, f"stageflow_plus.rate.per_key_rates.{k}") for k, v in per_key.items()
-            }
-        steps.append(_make("rate", TokenBucketRateLimiter, rate))
-    if "concurrency" in cfg:
-        steps.append(_make("concurrency", ConcurrencyLimiter, cfg["concurrency"]))
+    backend = _backend(cfg.get("backend", {}))
+    if isinstance(backend, MemoryBackend):
+        steps.extend(_memory_limits(cfg))
+    else:
+        steps.extend(_global_limits(cfg, backend, clock))
     chain = ToolCallChain(steps, clock=clock)
 
     ceilings = _make("ceilings", _ceilings, cfg.get("ceilings", {}))
@@ -333,7 +344,71 @@ def build(
     stack.extend(extra)
     stack.sort(key=lambda i: i.priority)
     check_order(stack)
-    return StageflowPlus(chain, stack, cfg)
+    return StageflowPlus(chain, stack, cfg, backend)
+
+
+def _rate_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    rate = dict(cfg["rate"])
+    if "rates" not in rate:
+        raise ConfigError("stageflow_plus.rate.rates is required (one or more rates)")
+    rate["rates"] = _rates(rate["rates"], "stageflow_plus.rate.rates")
+    if "per_key_rates" in rate:
+        per_key = rate["per_key_rates"]
+        if not isinstance(per_key, Mapping):
+            raise ConfigError("stageflow_plus.rate.per_key_rates must be a table of rates")
+        rate["per_key_rates"] = {
+            k: _rates(v, f"stageflow_plus.rate.per_key_rates.{k}") for k, v in per_key.items()
+        }
+    return rate
+
+
+def _memory_limits(cfg: Mapping[str, Any]) -> list[Any]:
+    steps: list[Any] = []
+    if "rate" in cfg:
+        steps.append(_make("rate", TokenBucketRateLimiter, _rate_options(cfg)))
+    if "concurrency" in cfg:
+        steps.append(_make("concurrency", ConcurrencyLimiter, cfg["concurrency"]))
+    return steps
+
+
+def _backend(section: Mapping[str, Any]) -> LimitsBackend:
+    options = dict(section)
+    url = options.pop("url", "memory://")
+    if not isinstance(url, str):
+        raise ConfigError(f"stageflow_plus.backend.url must be a string, got {url!r}")
+    try:
+        return backend_from_url(url, **options)
+    except ConfigError as error:
+        raise ConfigError(f"stageflow_plus.backend: {error}") from error
+
+
+def _global_limits(
+    cfg: Mapping[str, Any], backend: LimitsBackend, clock: Clock | Callable[[], float] | None
+) -> list[Any]:
+    """The local waiting room, then the limits held in the backend (Redis)."""
+    from ..backends.limits import RedisLimits
+    from ..backends.redis import RedisBackend
+
+    assert isinstance(backend, RedisBackend)
+    concurrency = dict(cfg.get("concurrency", {}))
+    shared = {k: concurrency[k] for k in ("per_tool", "per_tenant") if k in concurrency}
+    options: dict[str, Any] = {"concurrency": concurrency.get("limit"), **shared}
+    if "rate" in cfg:
+        rate = _rate_options(cfg)
+        if "per_key_rates" in rate:
+            raise ConfigError(
+                "stageflow_plus.rate.per_key_rates: not supported with a Redis backend "
+                "(stageflow_plus.backend.url); give the rates in stageflow_plus.rate.rates"
+            )
+        options["rates"] = rate["rates"]
+        options["rate_key"] = rate.get("key", "global")
+    steps: list[Any] = []
+    if concurrency:
+        steps.append(_make("concurrency", ConcurrencyLimiter, concurrency))
+    if "rate" in cfg or concurrency:
+        steps.append(_make("backend", RedisLimits, {"backend": backend, "clock": clock,
+                                                    **options}))
+    return steps
 
 
 def _ceilings(**options: Any) -> Ceilings:
