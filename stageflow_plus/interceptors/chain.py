@@ -18,7 +18,7 @@ before them, so an open breaker spends no permit or token and a retry's backoff 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from ..primitives.clock import Clock
@@ -66,7 +66,7 @@ class ToolCallChain:
     :param name: the limiter's name in errors, events and statistics.
     """
 
-    __slots__ = ("gate", "interceptors", "steps")
+    __slots__ = ("_gate_only", "gate", "interceptors", "steps")
 
     def __init__(
         self,
@@ -122,9 +122,20 @@ class ToolCallChain:
             elif not isinstance(step, LimitPart):
                 steps.append(step)
         self.steps = tuple(steps)
+        self._gate_only = len(steps) == 1 and steps[0] is self.gate
 
-    async def run(self, call: ToolCall, target: Callable[[ToolCall], Awaitable[Any]]) -> Any:
-        """Run ``call`` through every step and finally ``target(call)``."""
+    def run(
+        self, call: ToolCall, target: Callable[[ToolCall], Awaitable[Any]]
+    ) -> Coroutine[Any, Any, Any]:
+        """Run ``call`` through every step and finally ``target(call)`` (a coroutine)."""
+        if self._gate_only:
+            # the common case, the admission step alone: its coroutine is the whole run
+            return self.gate(call, target)  # type: ignore[misc]
+        return self._run_steps(call, target)
+
+    async def _run_steps(
+        self, call: ToolCall, target: Callable[[ToolCall], Awaitable[Any]]
+    ) -> Any:
         proceed: Proceed = target
         for step in reversed(self.steps):
             proceed = _Next(step, proceed)

@@ -119,7 +119,7 @@ class ConcurrencyLimiter(LimitPart):
     inside (after) any circuit breaker so an open breaker takes no permit.
     """
 
-    __slots__ = ("_groups",)
+    __slots__ = ("_global_demand", "_groups", "_keyed_after_run", "_keyed_before_run", "_run")
 
     contributes_demands = True
 
@@ -150,28 +150,61 @@ class ConcurrencyLimiter(LimitPart):
         if duplicates:
             raise ConfigError(f"ConcurrencyLimiter: duplicate partition names {duplicates}")
         self._groups = tuple(_Pools(p) for p in specs)
+        # the hot path: the global pool never changes identity (one group, never swept)
+        self._global_demand: tuple[Resource, float] | None = None
+        if limit is not None:
+            self._global_demand = (self._groups[0].get("*", limit), 1.0)
+        run_index = names.index("run")
+        self._run = self._groups[run_index]
+        self._keyed_before_run = tuple(
+            g for g in self._groups[:run_index] if g.partition.name != "global"
+        )
+        self._keyed_after_run = self._groups[run_index + 1 :]
 
     @property
     def partitions(self) -> tuple[Partition, ...]:
         return tuple(g.partition for g in self._groups)
 
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
-        for group in self._groups:
+        if self._global_demand is not None:
+            out.append(self._global_demand)
+        if self._keyed_before_run:
+            self._add_keyed(self._keyed_before_run, call, out)
+        run_id = call.run_id
+        if run_id is not None:
+            run = self._run
+            cap = run.partition.limit
+            limits = call.limits
+            if limits:
+                override = limits.get("concurrency")
+                if override is not None:
+                    cap = override if cap is None else min(cap, override)
+            if cap is not None:
+                out.append((self._pool(run, run_id, cap), 1.0))
+        if self._keyed_after_run:
+            self._add_keyed(self._keyed_after_run, call, out)
+
+    @staticmethod
+    def _add_keyed(
+        groups: tuple[_Pools, ...], call: ToolCall, out: list[tuple[Resource, float]]
+    ) -> None:
+        for group in groups:
             partition = group.partition
             key = partition.key(call)
             if key is None:
                 continue
             cap = partition.overrides.get(key, partition.limit)
-            if partition.name == "run" and call.limits:
-                override = call.limits.get("concurrency")
-                if override is not None:
-                    cap = override if cap is None else min(cap, override)
-            if cap is None:
-                continue
-            pool = group.get(key, cap)
-            if pool.capacity != cap and not pool.in_use and not pool.queued:
-                pool.capacity = cap  # a new run reusing a key takes its own cap
-            out.append((pool, 1.0))
+            if cap is not None:
+                out.append((ConcurrencyLimiter._pool(group, key, cap), 1.0))
+
+    @staticmethod
+    def _pool(group: _Pools, key: str, cap: int) -> ConcurrencyPool:
+        pool = group.pools.get(key)
+        if pool is None:
+            return group.get(key, cap)
+        if pool._capacity != cap and not pool.in_use and not pool.queued:
+            pool.capacity = cap  # a new run reusing a key takes its own cap
+        return pool
 
     def set_limit(self, partition: str, limit: int, *, key: str | None = None) -> None:
         """Change a cap at runtime; waiters are kept and re-examined at once.

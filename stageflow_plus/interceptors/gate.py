@@ -14,7 +14,7 @@ everything together. Used on its own, each limiter interceptor builds a gate of 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ..primitives.admission import AdmissionPolicy
@@ -98,8 +98,10 @@ class AdmissionGate:
     __slots__ = (
         "_demanders",
         "_fair_cost",
+        "_now",
         "_observers",
         "_run_waiting",
+        "_take",
         "admission",
         "limiter",
         "ordering",
@@ -132,6 +134,8 @@ class AdmissionGate:
             clock=clock,
             listener=listener,
         )
+        self._now = self.limiter.clock.now
+        self._take = self.limiter.take
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
         self._observers = tuple(p for p in self.parts if p.observes_results)
         self._run_waiting: dict[str, int] = {}
@@ -154,11 +158,21 @@ class AdmissionGate:
         A per-run queue bound (``call.limits["max_queue"]``) refuses with ``QueueFull`` when
         that many calls of the run already wait.
         """
+        demands = self.demands_of(call)
+        lease = self.limiter.take(demands, self.limiter.clock.now(), call)
+        return lease if lease is not None else await self._wait(call, demands)
+
+    def _wait(
+        self, call: ToolCall, demands: list[tuple[Resource, float]]
+    ) -> Coroutine[Any, Any, Lease]:
+        # not a coroutine itself: a queued call then holds no extra frame
         fair_cost = self._fair_cost(call) if self._fair_cost is not None else 1.0
         if call.limits and call.run_id is not None and "max_queue" in call.limits:
-            return await self._acquire_bounded_by_run(call, fair_cost, call.limits["max_queue"])
-        return await self.limiter.acquire(
-            self.demands_of(call),
+            return self._acquire_bounded_by_run(
+                call, demands, fair_cost, call.limits["max_queue"]
+            )
+        return self.limiter.acquire(
+            demands,
             priority=call.priority,
             tenant=call.tenant,
             cost=fair_cost,
@@ -166,11 +180,12 @@ class AdmissionGate:
             info=call,
         )
 
-    async def _acquire_bounded_by_run(self, call: ToolCall, fair_cost: float, bound: int) -> Lease:
+    async def _acquire_bounded_by_run(
+        self, call: ToolCall, demands: list[tuple[Resource, float]], fair_cost: float, bound: int
+    ) -> Lease:
         run = str(call.run_id)
         # a call admitted at once never suspends, so the count only holds calls that wait
         waiting = self._run_waiting.get(run, 0)
-        demands = self.demands_of(call)
         now = self.limiter.clock.now()
         admissible_now = not len(self.limiter) and all(r.available(a, now) for r, a in demands)
         if waiting >= bound and not admissible_now:
@@ -201,7 +216,15 @@ class AdmissionGate:
                 del self._run_waiting[run]
 
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
-        lease = await self.acquire(call)
+        # the hot path, flattened: one clock read, demands built once, and no coroutine
+        # beyond this one when the call is admitted at once
+        now = self._now()
+        demands: list[tuple[Resource, float]] = []
+        for part in self._demanders:
+            part.add_demands(call, now, demands)
+        lease = self._take(demands, now, call)
+        if lease is None:
+            lease = await self._wait(call, demands)
         try:
             result = await proceed(call)
         except Exception as error:

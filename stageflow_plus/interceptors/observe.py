@@ -35,11 +35,12 @@ class StructlogListener:
         far more than the limiter itself on the uncontended path.
     """
 
-    __slots__ = ("_admissions", "_log")
+    __slots__ = ("_admissions", "_log", "immediate_events")
 
     def __init__(self, *, admissions: bool = False, logger: Any = None) -> None:
         self._log = logger if logger is not None else structlog.get_logger("stageflow_plus")
         self._admissions = admissions
+        self.immediate_events = admissions  # nothing to log for an immediate admission
 
     def on_queued(self, info: Any, depth: int) -> None:
         self._log.info("tool_call.queued", depth=depth, **call_fields(info))
@@ -74,10 +75,11 @@ class StructlogListener:
 class MultiListener:
     """Fans events out to several listeners, in order."""
 
-    __slots__ = ("listeners",)
+    __slots__ = ("immediate_events", "listeners")
 
     def __init__(self, listeners: Sequence[LimiterListener]) -> None:
         self.listeners = tuple(listeners)
+        self.immediate_events = any(getattr(x, "immediate_events", True) for x in self.listeners)
 
     def on_queued(self, info: Any, depth: int) -> None:
         for listener in self.listeners:

@@ -34,6 +34,8 @@ def default_retry_after(outcome: Any) -> float | None:
     ``retry_after``; and HTTP responses with ``status_code == 429`` and a ``Retry-After``
     header in seconds. Returns ``None`` when the outcome is not a rate-limit answer.
     """
+    if outcome is None or isinstance(outcome, (str, bytes, int, float, list, tuple)):
+        return None  # the common results: nothing to look at
     value = getattr(outcome, "retry_after", None)
     if value is None:
         data = getattr(outcome, "data", None)
@@ -143,7 +145,11 @@ class TokenBucketRateLimiter(LimitPart):
 
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         cost = call.cost
-        for bucket in self.buckets_for(self._key(call), now):
+        key = self._key(call)
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            buckets = self.buckets_for(key, now)
+        for bucket in buckets:
             if bucket.dimension == "requests":
                 out.append((bucket, 1.0))
             else:
@@ -221,7 +227,10 @@ class TokenBucketRateLimiter(LimitPart):
             actual = self._actual_cost(result)
             if actual:
                 lease.adjust(actual)
-        self._maybe_pause(call, result)
+        if result is not None and self._retry_after is not None:
+            seconds = self._retry_after(result)
+            if seconds is not None:
+                self.pause(self._key(call), seconds)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         self._maybe_pause(call, error)

@@ -23,6 +23,10 @@ class LimiterListener(Protocol):
     """Receives the limiter's life events (all synchronous; keep them cheap).
 
     ``info`` is whatever the caller passed to ``acquire(info=...)`` (e.g. a ToolCall).
+
+    A listener may set an attribute ``immediate_events = False`` (absent means ``True``):
+    the limiter then skips :meth:`on_admitted` for calls admitted without waiting and
+    :meth:`on_released` for their leases — the hot path pays for no event nobody reads.
     """
 
     def on_queued(self, info: Any, depth: int) -> None: ...
@@ -66,7 +70,7 @@ class Lease:
         error: Rejected | None = None,
     ) -> None:
         self._limiter = limiter
-        self.demands = list(demands)
+        self.demands = demands  # never mutated here: adjust() replaces it
         self.acquired_at = acquired_at
         self.waited = waited
         self.info = info
@@ -82,13 +86,13 @@ class Lease:
         """Return the permits (tokens stay spent). Safe to call more than once."""
         if not self.released:
             self.released = True
-            self._limiter._release(self, refund=False)
+            self._limiter._release(self, False)
 
     def release_unused(self) -> None:
         """Return permits *and* refund tokens: the call never reached the downstream."""
         if not self.released:
             self.released = True
-            self._limiter._release(self, refund=True)
+            self._limiter._release(self, True)
 
     def adjust(self, actual: Mapping[str, float]) -> None:
         """Reconcile estimated with actual cost, per dimension (e.g. ``{"tokens": 812}``).
@@ -101,14 +105,16 @@ class Lease:
         for name, value in actual.items():
             if value < 0:
                 raise ValueError(f"actual cost {name!r} must be >= 0, got {value!r}")
+        demands = list(self.demands)
         changed = False
-        for i, (resource, amount) in enumerate(self.demands):
+        for i, (resource, amount) in enumerate(demands):
             if isinstance(resource, TokenBucket) and resource.dimension in actual:
                 new_amount = float(actual[resource.dimension])
                 resource.charge(new_amount - amount, now)
-                self.demands[i] = (resource, new_amount)
+                demands[i] = (resource, new_amount)
                 changed = True
         if changed:
+            self.demands = demands
             self._limiter.dispatch()
 
     def __enter__(self) -> Lease:

@@ -51,6 +51,7 @@ from .waiter import WAITING, Demand, Waiter, WaiterState
 __all__ = ["Limiter"]
 
 GRANTED = WaiterState.GRANTED
+_ANY = 1e-9  # "any amount at all": a resource refusing this can grant nobody
 LEFT = WaiterState.LEFT
 
 
@@ -72,14 +73,18 @@ class Limiter:
         "_closed",
         "_deadlines",
         "_dispatching",
+        "_immediate_events",
         "_in_flight",
         "_listener",
         "_name",
+        "_now",
         "_ordering",
+        "_record_wait",
         "_rejected",
         "_seq",
         "_timer",
         "_timer_at",
+        "_waiting",
         "_waits",
     )
 
@@ -96,7 +101,10 @@ class Limiter:
         self._ordering: Ordering = ordering if ordering is not None else FifoOrdering()
         self._admission = admission if admission is not None else AdmissionPolicy()
         self._clock = as_clock(clock)
-        self._listener = listener
+        self._now = self._clock.now
+        self._listener: LimiterListener | None = None
+        self._immediate_events = False
+        self.listener = listener
         self._seq = itertools.count()
         self._deadlines: list[tuple[float, int, Waiter]] = []  # heap; stale entries skipped
         self._timer: TimerHandle | None = None
@@ -104,10 +112,12 @@ class Limiter:
         self._dispatching = False
         self._closed = False
         self._in_flight = 0  # invariant: granted leases not yet released
+        self._waiting = 0  # invariant: == len(self._ordering), read on the hot path
         self._admitted = 0
         self._cancelled = 0
         self._rejected: dict[str, int] = {}
         self._waits = WaitRecorder()
+        self._record_wait = self._waits.add
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -138,6 +148,10 @@ class Limiter:
     @listener.setter
     def listener(self, listener: LimiterListener | None) -> None:
         self._listener = listener
+        # a listener may opt out of the events of calls admitted without waiting
+        self._immediate_events = listener is not None and getattr(
+            listener, "immediate_events", True
+        )
 
     def __len__(self) -> int:
         """Calls waiting now."""
@@ -158,8 +172,9 @@ class Limiter:
         if self._closed:
             return Lease(self, demands, 0.0, 0.0, info, error=self._closed_error())
         now = self._clock.now()
-        if not len(self._ordering) and self._take_now(demands, now):
-            return self._admit_now(demands, now, info)
+        lease = self.take(demands, now, info)
+        if lease is not None:
+            return lease
         retry = 0.0
         for resource, amount in demands:
             if not resource.available(amount, now):
@@ -211,19 +226,21 @@ class Limiter:
         nothing; if it was granted in the same instant, its permits are returned before the
         ``CancelledError`` propagates. Either way the next waiter is considered immediately.
         """
-        now = self._clock.now()
-        if not len(self._ordering) and not self._closed and self._take_now(demands, now):
-            return self._admit_now(demands, now, info)
+        now = self._now()
+        lease = self.take(demands, now, info)
+        if lease is not None:
+            return lease
+        # the wait happens in this frame (no inner coroutine): a queued call costs one frame
         waiter = self._enqueue(demands, priority, tenant, cost, deadline, timeout, info, now)
-        self._dispatch()
+        self._dispatch_for(waiter, now)
         if waiter.state is GRANTED:
             return waiter.future.result()  # type: ignore[no-any-return]
         try:
             return await waiter.future  # type: ignore[no-any-return]
         except asyncio.CancelledError:
             if waiter.state is GRANTED:
-                lease: Lease = waiter.future.result()
-                lease.release_unused()
+                granted: Lease = waiter.future.result()
+                granted.release_unused()
             elif waiter.state is WAITING:
                 self._leave(waiter, None)
                 self._cancelled += 1
@@ -231,6 +248,24 @@ class Limiter:
             elif waiter.future.done() and not waiter.future.cancelled():
                 waiter.future.exception()  # refused, then cancelled: mark the error retrieved
             raise
+
+    def take(self, demands: Sequence[Demand], now: float, info: Any = None) -> Lease | None:
+        """The synchronous fast path of :meth:`acquire`: a lease if nobody waits and every
+        demand is available at ``now`` (read from this limiter's clock), else ``None`` with
+        nothing taken and nothing counted — then call :meth:`acquire`."""
+        if self._waiting or self._closed:
+            return None
+        for taken, (resource, amount) in enumerate(demands):
+            if not resource.try_take(amount, now):
+                for undo, undo_amount in demands[:taken]:  # all or nothing
+                    undo.refund(undo_amount, now)
+                return None
+        self._admitted += 1
+        self._in_flight += 1
+        self._record_wait(0.0)
+        if self._immediate_events:
+            self._listener.on_admitted(info, 0.0)  # type: ignore[union-attr]
+        return Lease(self, demands, now, 0.0, info)
 
     # -- control -----------------------------------------------------------------------
     def dispatch(self) -> None:
@@ -271,22 +306,6 @@ class Limiter:
         )
 
     # -- internals ---------------------------------------------------------------------
-    def _take_now(self, demands: Sequence[Demand], now: float) -> bool:
-        for resource, amount in demands:
-            if not resource.available(amount, now):
-                return False
-        for resource, amount in demands:
-            resource.take(amount, now)
-        return True
-
-    def _admit_now(self, demands: Sequence[Demand], now: float, info: Any) -> Lease:
-        self._admitted += 1
-        self._in_flight += 1
-        self._waits.add(0.0)
-        if self._listener is not None:
-            self._listener.on_admitted(info, 0.0)
-        return Lease(self, demands, now, 0.0, info)
-
     def _closed_error(self) -> LimiterClosed:
         return LimiterClosed(f"{self._name}: limiter is closed", limiter=self._name)
 
@@ -318,7 +337,7 @@ class Limiter:
     ) -> Waiter:
         if self._closed:
             raise self._refuse(self._closed_error(), info)
-        depth = len(self._ordering)
+        depth = self._waiting
         for resource, amount in demands:
             if amount > resource.max_amount():
                 raise self._refuse(
@@ -332,42 +351,30 @@ class Limiter:
                     info,
                 )
         policy = self._admission
-        for limit in (timeout, policy.max_wait):
-            if limit is not None:
-                deadline = now + limit if deadline is None else min(deadline, now + limit)
+        if timeout is not None:
+            deadline = now + timeout if deadline is None else min(deadline, now + timeout)
+        if policy.max_wait is not None:
+            limit = now + policy.max_wait
+            deadline = limit if deadline is None else min(deadline, limit)
         if deadline is not None:
-            remaining = deadline - now
-            estimate = max((r.estimate_wait(a, now) for r, a in demands), default=0.0)
-            if remaining <= 0 or (policy.deadline_aware and estimate > remaining):
-                key = (
-                    max(demands, key=lambda d: d[0].estimate_wait(d[1], now))[0].key
-                    if demands
-                    else None
-                )
-                raise self._refuse(
-                    DeadlineUnmeetable(
-                        f"{self._name}: estimated wait {estimate:.3f}s exceeds the remaining "
-                        f"deadline {max(remaining, 0.0):.3f}s ({depth} calls waiting)",
-                        key=key,
-                        limiter=self._name,
-                        queue_depth=depth,
-                        retry_after=estimate if estimate > 0 else None,
-                    ),
-                    info,
-                )
-        self._make_room(demands, priority, info, now)
+            self._check_deadline(demands, deadline, info, now)
+        if policy.max_queue_per_key is not None or (
+            policy.max_queue is not None and depth >= policy.max_queue
+        ):
+            self._make_room(demands, priority, info, now)
         waiter = Waiter(
             demands,
-            priority=priority,
-            tenant=tenant,
-            cost=cost,
-            enqueued_at=now,
-            deadline=deadline,
-            seq=next(self._seq),
-            future=asyncio.get_running_loop().create_future(),
-            info=info,
+            priority,
+            tenant,
+            cost,
+            now,
+            deadline,
+            next(self._seq),
+            asyncio.get_running_loop().create_future(),
+            info,
         )
         self._ordering.push(waiter)
+        self._waiting += 1
         for resource, amount in demands:
             resource.queued += 1
             resource.queued_amount += amount
@@ -375,8 +382,33 @@ class Limiter:
             heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
         if self._listener is not None:
             # not depth + 1: shedding may have evicted a waiter since depth was read
-            self._listener.on_queued(info, len(self._ordering))
+            self._listener.on_queued(info, self._waiting)
         return waiter
+
+    def _check_deadline(
+        self, demands: Sequence[Demand], deadline: float, info: Any, now: float
+    ) -> None:
+        """Refuse at once when the deadline has passed or the estimated wait exceeds it."""
+        remaining = deadline - now
+        estimate = max((r.estimate_wait(a, now) for r, a in demands), default=0.0)
+        if remaining <= 0 or (self._admission.deadline_aware and estimate > remaining):
+            key = (
+                max(demands, key=lambda d: d[0].estimate_wait(d[1], now))[0].key
+                if demands
+                else None
+            )
+            depth = self._waiting
+            raise self._refuse(
+                DeadlineUnmeetable(
+                    f"{self._name}: estimated wait {estimate:.3f}s exceeds the remaining "
+                    f"deadline {max(remaining, 0.0):.3f}s ({depth} calls waiting)",
+                    key=key,
+                    limiter=self._name,
+                    queue_depth=depth,
+                    retry_after=estimate if estimate > 0 else None,
+                ),
+                info,
+            )
 
     def _make_room(
         self,
@@ -434,6 +466,7 @@ class Limiter:
         """Take a queued waiter out for good; ``error`` is raised in it (``None``: cancel)."""
         waiter.state = LEFT
         self._ordering.left(waiter)
+        self._waiting -= 1
         for resource, amount in waiter.demands:
             resource.queued -= 1
             resource.queued_amount -= amount
@@ -449,16 +482,17 @@ class Limiter:
             resource.queued_amount -= amount
         waiter.state = GRANTED
         self._ordering.granted(waiter)
+        self._waiting -= 1
         wait = now - waiter.enqueued_at
         self._admitted += 1
         self._in_flight += 1
-        self._waits.add(wait)
+        self._record_wait(wait)
         waiter.future.set_result(Lease(self, waiter.demands, now, wait, waiter.info))
         if self._listener is not None:
             self._listener.on_admitted(waiter.info, wait)
 
-    def _release(self, lease: Lease, *, refund: bool) -> None:
-        now = self._clock.now()
+    def _release(self, lease: Lease, refund: bool) -> None:
+        now = self._now()
         held = now - lease.acquired_at
         for resource, amount in lease.demands:
             if refund:
@@ -466,9 +500,9 @@ class Limiter:
             else:
                 resource.release(amount, now, held)
         self._in_flight -= 1
-        if self._listener is not None:
-            self._listener.on_released(lease.info, held)
-        if len(self._ordering):
+        if self._immediate_events or (self._listener is not None and lease.waited):
+            self._listener.on_released(lease.info, held)  # type: ignore[union-attr]
+        if self._waiting:
             self._dispatch()
 
     def _expire(self, now: float) -> None:
@@ -487,6 +521,24 @@ class Limiter:
                     ),
                 )
 
+    def _dispatch_for(self, newcomer: Waiter, now: float) -> None:
+        """Dispatch after ``newcomer`` queued — only if it could be granted now.
+
+        An arrival frees nothing, so when one of the newcomer's demands is unavailable no
+        waiter can be granted that could not be before; only its wake-up time (a bucket
+        refill, a deadline) needs scheduling. Saves a queue pass per queued call under load.
+        """
+        blocked = False
+        wake_at = math.inf
+        for resource, amount in newcomer.demands:
+            if not resource.available(amount, now):
+                blocked = True
+                wake_at = min(wake_at, resource.ready_at(amount, now))
+        if not blocked:
+            self._dispatch()
+        elif not self._dispatching:
+            self._schedule(wake_at)
+
     def _dispatch(self) -> None:
         if self._dispatching:
             return
@@ -497,45 +549,58 @@ class Limiter:
             self._dispatching = False
 
     def _dispatch_pass(self) -> None:
-        now = self._clock.now()
+        now = self._now()
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
         ordering = self._ordering
-        blocked: set[Resource] = set()
-        popped: list[Waiter] = []  # skipped or dead, in pop order, to restore
-        dead: list[Waiter] = []
+        blocked: set[Resource] | None = None  # reserved by a waiter that could not go
+        popped: list[Waiter] | None = None  # skipped or dead, in pop order, to restore
         wake_at = math.inf
         while True:
             waiter = ordering.pop(now)
             if waiter is None:
                 break
+            if popped is None:
+                popped = []
             if waiter.future.cancelled():
-                popped.append(waiter)
-                dead.append(waiter)
+                popped.append(waiter)  # dead: taken out after the pass
                 continue
-            newly_blocked: list[Resource] = []
-            already_blocked = False
+            grantable = True
             for resource, amount in waiter.demands:
-                if resource in blocked:
-                    already_blocked = True
+                if blocked is not None and resource in blocked:
+                    grantable = False
                 elif not resource.available(amount, now):
-                    newly_blocked.append(resource)
+                    grantable = False
+                    if blocked is None:
+                        blocked = set()
+                    blocked.add(resource)
                     wake_at = min(wake_at, resource.ready_at(amount, now))
-            if not already_blocked and not newly_blocked:
+            if grantable:
                 self._grant(waiter, now)
+                left = self._waiting
+                if left and self._exhausted_for_all(waiter, left, now):
+                    break  # the grant used up a resource every remaining waiter needs
                 continue
             popped.append(waiter)
-            blocked.update(newly_blocked)
-            remaining = len(ordering)
-            if any(r.queued == remaining for r in blocked):
+            remaining = self._waiting
+            if any(r.queued == remaining for r in blocked):  # type: ignore[union-attr]
                 break  # every remaining waiter needs a blocked resource
-        ordering.restore(popped)
-        for waiter in dead:
-            if waiter.state is WAITING:
-                self._leave(waiter, None)
-                self._cancelled += 1
-        self._fail_oversized(popped, now)
-        self._schedule(wake_at)
+        if popped:
+            ordering.restore(popped)
+            for waiter in popped:
+                if waiter.state is WAITING and waiter.future.cancelled():
+                    self._leave(waiter, None)
+                    self._cancelled += 1
+            self._fail_oversized(popped, now)
+        if wake_at != math.inf or self._deadlines:
+            self._schedule(wake_at)
+
+    @staticmethod
+    def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> bool:
+        for resource, _ in granted.demands:
+            if resource.queued == waiting and not resource.available(_ANY, now):
+                return True
+        return False
 
     def _fail_oversized(self, popped: list[Waiter], now: float) -> None:
         """After a capacity decrease, refuse waiters that can never fit any more."""

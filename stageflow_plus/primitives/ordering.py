@@ -124,12 +124,6 @@ class _Level:
         self.live = 0  # WAITING waiters in this level (selectable or popped by a scan)
         self.selectable = 0  # live waiters currently in the tenant queues
 
-    def oldest_live(self) -> Waiter | None:
-        arrivals = self.arrivals
-        while arrivals and arrivals[0].state is not WAITING:
-            arrivals.popleft()
-        return arrivals[0] if arrivals else None
-
 
 class PriorityFairOrdering:
     """Priority levels with aging, weighted fair share across tenants within a level.
@@ -202,39 +196,45 @@ class PriorityFairOrdering:
         level.selectable += 1
         self._live += 1
 
-    def _urgency_key(self, priority: int, level: _Level) -> float:
-        # smaller is more urgent: enqueued_at - priority * aging (now cancels out)
-        if self._aging is None:
-            return -float(priority)
-        oldest = level.oldest_live()
-        assert oldest is not None
-        return oldest.enqueued_at - priority * self._aging
-
     def pop(self, now: float) -> Waiter | None:
+        # the most urgent level: smallest enqueued_at - priority * aging of its oldest waiter
+        # (``now`` cancels out); a scan over the levels in use, inlined (the hot path)
+        aging = self._aging
         best_level: _Level | None = None
         best_key = math.inf
         for priority, level in self._levels.items():
             if level.selectable <= 0:
                 continue
-            key = self._urgency_key(priority, level)
+            if aging is None:
+                key = -float(priority)
+            else:
+                arrivals = level.arrivals
+                while arrivals[0].state is not WAITING:  # live > 0: a WAITING one exists
+                    arrivals.popleft()
+                key = arrivals[0].enqueued_at - priority * aging
             if best_level is None or key < best_key:
                 best_level, best_key = level, key
         if best_level is None:
             return None
+        # the tenant with the smallest virtual time, then the earliest arrival
+        tenants = self._tenants
         best_queue: deque[Waiter] | None = None
-        best_tag = (math.inf, math.inf)
-        empty: list[str] = []
+        best_vtime = best_seq = math.inf
+        empty: list[str] | None = None
         for name, queue in best_level.tenants.items():
             while queue and queue[0].state is not WAITING:
                 queue.popleft()
             if not queue:
+                if empty is None:
+                    empty = []
                 empty.append(name)
                 continue
-            tag = (self._tenants[name].vtime, float(queue[0].seq))
-            if tag < best_tag:
-                best_queue, best_tag = queue, tag
-        for name in empty:
-            del best_level.tenants[name]
+            vtime = tenants[name].vtime
+            if vtime < best_vtime or (vtime == best_vtime and queue[0].seq < best_seq):
+                best_queue, best_vtime, best_seq = queue, vtime, queue[0].seq
+        if empty is not None:
+            for name in empty:
+                del best_level.tenants[name]
         assert best_queue is not None, "level.selectable out of sync with its tenant queues"
         best_level.selectable -= 1
         return best_queue.popleft()

@@ -96,6 +96,13 @@ class Resource:
         """Take ``amount``; the caller checked :meth:`available` first."""
         raise NotImplementedError
 
+    def try_take(self, amount: float, now: float) -> bool:
+        """Take ``amount`` if available (one call on the hot path); undo with :meth:`refund`."""
+        if self.available(amount, now):
+            self.take(amount, now)
+            return True
+        return False
+
     def ready_at(self, amount: float, now: float) -> float:
         """Earliest time ``amount`` may be available; ``inf`` if only a release can free it."""
         raise NotImplementedError
@@ -146,6 +153,12 @@ class ConcurrencyPool(Resource):
 
     def take(self, amount: float, now: float) -> None:
         self.in_use += int(amount)
+
+    def try_take(self, amount: float, now: float) -> bool:
+        if self.in_use + amount <= self._capacity:
+            self.in_use += int(amount)
+            return True
+        return False
 
     def ready_at(self, amount: float, now: float) -> float:
         return math.inf
@@ -210,12 +223,26 @@ class TokenBucket(Resource):
     def available(self, amount: float, now: float) -> bool:
         if now < self.paused_until:
             return False
-        self._refill(now)
+        if now > self.updated:  # _refill, inlined: the hot path
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
         return self.tokens + _EPSILON >= amount
 
     def take(self, amount: float, now: float) -> None:
-        self._refill(now)
+        if now > self.updated:
+            self._refill(now)
         self.tokens -= amount
+
+    def try_take(self, amount: float, now: float) -> bool:
+        if now < self.paused_until:
+            return False
+        if now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+        if self.tokens + _EPSILON >= amount:
+            self.tokens -= amount
+            return True
+        return False
 
     def ready_at(self, amount: float, now: float) -> float:
         self._refill(now)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -39,13 +39,12 @@ class WaitPercentiles:
 class WaitRecorder:
     """Keeps the last ``size`` waits and computes nearest-rank percentiles on demand."""
 
-    __slots__ = ("_waits",)
+    __slots__ = ("_waits", "add")
 
     def __init__(self, size: int = 2048) -> None:
         self._waits: deque[float] = deque(maxlen=size)
-
-    def add(self, wait: float) -> None:
-        self._waits.append(wait)
+        self.add: Callable[[float], None] = self._waits.append
+        """Record one wait in seconds."""
 
     def percentiles(self) -> WaitPercentiles:
         return percentiles_of(self._waits)

@@ -49,7 +49,6 @@ class Waiter:
     def __init__(
         self,
         demands: Sequence[Demand],
-        *,
         priority: int,
         tenant: str,
         cost: float,

@@ -25,6 +25,8 @@ class StageflowEventListener:
 
     __slots__ = ()
 
+    immediate_events = False  # nothing is emitted for an immediate admission
+
     def on_queued(self, info: Any, depth: int) -> None:
         _emit("tool.queued", {"queue_depth": depth, **call_fields(info)})
 
