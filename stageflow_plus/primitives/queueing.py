@@ -1,0 +1,175 @@
+"""How a call joins the wait queue: cost checks, deadlines, queue bounds and shedding.
+
+:class:`Queueing` applies the limiter's
+:class:`~stageflow_plus.primitives.admission.AdmissionPolicy` to a call that has to wait:
+a demand no resource can ever grant is refused (:class:`CostTooLarge`); a deadline already
+past, or (``deadline_aware``) nearer than the estimated wait, is refused at once
+(:class:`DeadlineUnmeetable`); a full queue refuses the newcomer (:class:`QueueFull`) or
+sheds a waiter (:class:`Evicted`) per the shedding policy. Only then is the waiter queued.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from .admission import AdmissionPolicy, Shedding
+from .dispatch import Dispatcher
+from .errors import CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
+from .resources import Resource
+from .waiter import Demand, Waiter
+
+__all__ = ["Queueing"]
+
+
+class Queueing(Dispatcher):
+    """Base of :class:`~stageflow_plus.primitives.limiter.Limiter`: the way into the queue."""
+
+    __slots__ = ("_admission", "_closed", "_seq")
+
+    _admission: AdmissionPolicy
+    _closed: bool
+    _seq: itertools.count[int]
+
+    def _enqueue(
+        self,
+        demands: Sequence[Demand],
+        priority: int,
+        tenant: str,
+        cost: float,
+        deadline: float | None,
+        timeout: float | None,
+        info: Any,
+        now: float,
+    ) -> Waiter:
+        if self._closed:
+            raise self._refuse(self._closed_error(), info)
+        depth = self._waiting
+        for resource, amount in demands:
+            if amount > resource.max_amount():
+                raise self._refuse(
+                    CostTooLarge(
+                        f"{self._name}: a call needs {amount:g} of {resource.key!r}, which "
+                        f"can never grant more than {resource.max_amount():g} at once",
+                        key=resource.key,
+                        limiter=self._name,
+                        queue_depth=depth,
+                    ),
+                    info,
+                )
+        policy = self._admission
+        if timeout is not None:
+            deadline = now + timeout if deadline is None else min(deadline, now + timeout)
+        if policy.max_wait is not None:
+            limit = now + policy.max_wait
+            deadline = limit if deadline is None else min(deadline, limit)
+        if deadline is not None:
+            self._check_deadline(demands, deadline, info, now)
+        if policy.max_queue_per_key is not None or (
+            policy.max_queue is not None and depth >= policy.max_queue
+        ):
+            self._make_room(demands, priority, info, now)
+        waiter = Waiter(
+            demands,
+            priority,
+            tenant,
+            cost,
+            now,
+            deadline,
+            next(self._seq),
+            asyncio.get_running_loop().create_future(),
+            info,
+        )
+        self._ordering.push(waiter)
+        self._waiting += 1
+        for resource, amount in demands:
+            resource.queued += 1
+            resource.queued_amount += amount
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
+        if self._listener is not None:
+            # not depth + 1: shedding may have evicted a waiter since depth was read
+            self._listener.on_queued(info, self._waiting)
+        return waiter
+
+    def _check_deadline(
+        self, demands: Sequence[Demand], deadline: float, info: Any, now: float
+    ) -> None:
+        """Refuse at once when the deadline has passed or the estimated wait exceeds it."""
+        remaining = deadline - now
+        estimate = max((r.estimate_wait(a, now) for r, a in demands), default=0.0)
+        if remaining <= 0 or (self._admission.deadline_aware and estimate > remaining):
+            key = (
+                max(demands, key=lambda d: d[0].estimate_wait(d[1], now))[0].key
+                if demands
+                else None
+            )
+            depth = self._waiting
+            raise self._refuse(
+                DeadlineUnmeetable(
+                    f"{self._name}: estimated wait {estimate:.3f}s exceeds the remaining "
+                    f"deadline {max(remaining, 0.0):.3f}s ({depth} calls waiting)",
+                    key=key,
+                    limiter=self._name,
+                    queue_depth=depth,
+                    retry_after=estimate if estimate > 0 else None,
+                ),
+                info,
+            )
+
+    def _make_room(
+        self,
+        demands: Sequence[Demand],
+        priority: int,
+        info: Any,
+        now: float,
+    ) -> None:
+        policy = self._admission
+        full: Resource | None = None
+        if policy.max_queue_per_key is not None:
+            full = next((r for r, _ in demands if r.queued >= policy.max_queue_per_key), None)
+        total_full = policy.max_queue is not None and len(self._ordering) >= policy.max_queue
+        if full is None and not total_full:
+            return
+
+        def needs_full(w: Waiter) -> bool:
+            return any(r is full for r, _ in w.demands)
+
+        matches = needs_full if full is not None else None
+        victim: Waiter | None = None
+        if policy.shedding is Shedding.EVICT_LOWEST_PRIORITY:
+            victim = self._ordering.victim(matches)
+            if victim is not None and victim.priority >= priority:
+                victim = None
+        elif policy.shedding is Shedding.EVICT_OLDEST:
+            victim = self._ordering.oldest(matches)
+        key = full.key if full is not None else None
+        bound = policy.max_queue_per_key if full is not None else policy.max_queue
+        if victim is None:
+            retry = max((r.estimate_wait(a, now) for r, a in demands), default=0.0)
+            raise self._refuse(
+                QueueFull(
+                    f"{self._name}: queue{' for ' + repr(key) if key else ''} is full "
+                    f"({bound} waiting, shedding={policy.shedding.value})",
+                    key=key,
+                    limiter=self._name,
+                    queue_depth=len(self._ordering),
+                    retry_after=retry if retry > 0 else None,
+                ),
+                info,
+            )
+        self._leave(
+            victim,
+            Evicted(
+                f"{self._name}: evicted from a full queue ({bound} waiting) for a call of priority "
+                f"{priority} (shedding={policy.shedding.value})",
+                key=key,
+                limiter=self._name,
+                queue_depth=len(self._ordering),
+            ),
+        )
