@@ -42,14 +42,18 @@ async def clock_sleep(clock: Clock, seconds: float) -> None:
 
 
 async def settle(max_rounds: int = 10_000) -> None:
-    """Yield until every other task is blocked on an unfinished future (quiescence).
+    """Yield until every other task is blocked on an unfinished future and no callback is
+    queued on the loop (quiescence; timers do not count).
 
     Like ``anyio.wait_all_tasks_blocked`` but never sleeps on the wall clock, so tests with
     thousands of tasks stay fast. Raises ``RuntimeError`` after ``max_rounds`` yields.
     """
     this = asyncio.current_task()
+    loop = asyncio.get_running_loop()
     for _ in range(max_rounds):
         await asyncio.sleep(0)
+        if getattr(loop, "_ready", None):
+            continue  # callbacks still queued (e.g. a future's done-callbacks): not quiet yet
         for task in asyncio.all_tasks():
             if task is this or task.done():
                 continue
