@@ -21,9 +21,12 @@ class Shedding(StrEnum):
     """What happens when a queue bound is reached.
 
     * ``REJECT_NEW`` — the newcomer gets :class:`~stageflow_plus.primitives.errors.QueueFull`.
-    * ``EVICT_LOWEST_PRIORITY`` — the least urgent waiter (lowest priority, newest) is
-      evicted with :class:`~stageflow_plus.primitives.errors.Evicted` if the newcomer's
-      priority is strictly higher; otherwise the newcomer is refused.
+    * ``EVICT_LOWEST_PRIORITY`` — the least urgent waiter is evicted with
+      :class:`~stageflow_plus.primitives.errors.Evicted` if the newcomer's priority is
+      strictly higher; otherwise the newcomer is refused. Least urgent: the lowest priority;
+      with :class:`~stageflow_plus.primitives.ordering.PriorityFairOrdering`, of the tenant
+      holding the most waiting calls per unit of weight (shedding keeps fair share), its
+      newest call; with FIFO, the newest.
     * ``EVICT_OLDEST`` — the oldest waiter is evicted (when stale work is worthless).
     """
 

@@ -276,11 +276,32 @@ class PriorityFairOrdering:
             yield from (w for w in level.arrivals if w.state is WAITING)
 
     def victim(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
-        """The least urgent waiter: lowest priority, newest arrival."""
+        """The waiter to shed: in the lowest priority level, of the tenant holding the most
+        waiting calls per unit of weight (so shedding keeps fair share too), its newest.
+
+        Ties go to the newest arrival. Costs O(tenants in the level).
+        """
         for priority in sorted(self._levels):
-            for waiter in reversed(self._levels[priority].arrivals):
-                if waiter.state is WAITING and (matches is None or matches(waiter)):
-                    return waiter
+            best: Waiter | None = None
+            best_share = -math.inf
+            for name, queue in self._levels[priority].tenants.items():
+                newest = next(
+                    (
+                        w
+                        for w in reversed(queue)
+                        if w.state is WAITING and (matches is None or matches(w))
+                    ),
+                    None,
+                )
+                if newest is None:
+                    continue
+                tenant = self._tenants[name]
+                share = tenant.live / tenant.weight
+                if share > best_share or (share == best_share and best is not None
+                                          and newest.seq > best.seq):
+                    best, best_share = newest, share
+            if best is not None:
+                return best
         return None
 
     def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:

@@ -333,3 +333,53 @@ async def test_statistics_snapshot_is_frozen_and_counts() -> None:
     held.release()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert limiter.statistics().rejected_total == 3
+
+
+async def test_shedding_takes_from_the_tenant_holding_most_of_the_queue() -> None:
+    """The heavy tenant loses a call, even though the light tenant's call is the newest."""
+    policy = AdmissionPolicy(max_queue=5, shedding=Shedding.EVICT_LOWEST_PRIORITY)
+    limiter = Limiter(clock=ManualClock(), admission=policy,
+                      ordering=PriorityFairOrdering(aging_interval=None))
+    pool = ConcurrencyPool("p", 1)
+    held = await limiter.acquire([(pool, 1)])
+    heavy = [spawn(limiter, [(pool, 1)], tenant="heavy") for _ in range(4)]
+    await settle()
+    light = spawn(limiter, [(pool, 1)], tenant="light")  # newest, alone in its tenant
+    await settle()
+    urgent = spawn(limiter, [(pool, 1)], priority=1, tenant="light")
+    await settle()
+    assert heavy[-1].done() and not light.done()  # the heavy tenant's newest was shed
+    with pytest.raises(Evicted):
+        await heavy[-1]
+    held.release()
+    await release_as_granted([urgent, light, *heavy[:-1]])
+    assert pool.in_use == 0 and limiter.statistics().in_flight == 0
+
+
+async def test_shedding_weighs_tenants() -> None:
+    """Per unit of weight: a tenant of weight 4 with 4 waiting holds less than one of 1 with 2."""
+    policy = AdmissionPolicy(max_queue=6, shedding=Shedding.EVICT_LOWEST_PRIORITY)
+    limiter = Limiter(clock=ManualClock(), admission=policy,
+                      ordering=PriorityFairOrdering(aging_interval=None, weights={"big": 4}))
+    pool = ConcurrencyPool("p", 1)
+    held = await limiter.acquire([(pool, 1)])
+    small = [spawn(limiter, [(pool, 1)], tenant="small") for _ in range(2)]
+    big = [spawn(limiter, [(pool, 1)], tenant="big") for _ in range(4)]
+    await settle()
+    urgent = spawn(limiter, [(pool, 1)], priority=1, tenant="big")
+    await settle()
+    assert small[-1].done() and not any(t.done() for t in big)
+    with pytest.raises(Evicted):
+        await small[-1]
+    held.release()
+    await release_as_granted([urgent, *big, small[0]])
+    assert pool.in_use == 0
+
+
+async def release_as_granted(tasks: list[asyncio.Task[Lease]]) -> None:
+    """Release each lease as it is granted (in whatever order the limiter grants them)."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result().release()
