@@ -26,7 +26,10 @@ class Shedding(StrEnum):
       strictly higher; otherwise the newcomer is refused. Least urgent: the lowest priority;
       with :class:`~stageflow_plus.primitives.ordering.PriorityFairOrdering`, of the tenant
       holding the most waiting calls per unit of weight (shedding keeps fair share), its
-      newest call; with FIFO, the newest.
+      newest call; with FIFO, the newest. Under ``PriorityFairOrdering`` a newcomer of the
+      *same* priority also gets a place when that tenant, one call lighter, would still
+      hold more of the queue per weight than the newcomer's tenant: a tenant flooding the
+      queue cannot lock a light tenant out of it.
     * ``EVICT_OLDEST`` — the oldest waiter is evicted (when stale work is worthless).
     """
 

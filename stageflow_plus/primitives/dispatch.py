@@ -198,8 +198,13 @@ class Dispatcher:
             if grantable:
                 self._grant(waiter, now)
                 left = self._waiting
-                if left and self._exhausted_for_all(waiter, left, now):
-                    break  # the grant used up a resource every remaining waiter needs
+                if left:
+                    exhausted = self._exhausted_for_all(waiter, left, now)
+                    if exhausted is not None:
+                        # the grant used up a resource every remaining waiter needs: nobody
+                        # else can go before it refills (a bucket: wake then) or is released
+                        wake_at = min(wake_at, exhausted.ready_at(_ANY, now))
+                        break
                 continue
             popped.append(waiter)
             remaining = self._waiting
@@ -216,11 +221,11 @@ class Dispatcher:
             self._schedule(wake_at)
 
     @staticmethod
-    def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> bool:
+    def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> Resource | None:
         for resource, _ in granted.demands:
             if resource.queued == waiting and not resource.available(_ANY, now):
-                return True
-        return False
+                return resource
+        return None
 
     def _fail_oversized(self, popped: list[Waiter], now: float) -> None:
         """After a capacity decrease, refuse waiters that can never fit any more."""

@@ -115,7 +115,7 @@ class Lease:
                 changed = True
         if changed:
             self.demands = demands
-            self._limiter.dispatch()
+            self._limiter._dispatch()  # a charge or refund changes no capacity
 
     def __enter__(self) -> Lease:
         return self

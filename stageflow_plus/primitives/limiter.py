@@ -237,7 +237,11 @@ class Limiter(Queueing):
 
     # -- control -----------------------------------------------------------------------
     def dispatch(self) -> None:
-        """Re-examine the queue now (call after raising a capacity or refunding tokens)."""
+        """Re-examine the whole queue now — call it after changing a capacity, a rate or a
+        burst: waiters that can never fit any more are refused with :class:`CostTooLarge`,
+        then whoever can go is granted. O(waiters)."""
+        if not self._dispatching:  # (a listener calling back mid-pass: the pass goes on)
+            self._fail_oversized(list(self._ordering.waiting()), self._now())
         self._dispatch()
 
     def close(self) -> None:

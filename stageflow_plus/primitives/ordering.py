@@ -45,6 +45,7 @@ class Ordering(Protocol):
     def granted(self, waiter: Waiter) -> None: ...
     def left(self, waiter: Waiter) -> None: ...
     def victim(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None: ...
+    def unfair(self, holder: str, newcomer: str) -> bool: ...
     def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None: ...
     def waiting(self) -> Iterator[Waiter]: ...
 
@@ -98,6 +99,10 @@ class FifoOrdering:
             if waiter.state is WAITING and (matches is None or matches(waiter)):
                 return waiter
         return None
+
+    def unfair(self, holder: str, newcomer: str) -> bool:
+        """Arrival order knows no tenants: never."""
+        return False
 
     def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
         for waiter in self._queue:
@@ -303,6 +308,19 @@ class PriorityFairOrdering:
             if best is not None:
                 return best
         return None
+
+    def unfair(self, holder: str, newcomer: str) -> bool:
+        """Whether a full queue should make room for ``newcomer`` by shedding a call of
+        ``holder`` (same priority): the holder, even one call lighter, would still hold more
+        waiting calls per unit of weight than the newcomer with its call queued."""
+        if holder == newcomer:
+            return False
+        held = self._tenants.get(holder)
+        if held is None:
+            return False
+        joining = self._tenants.get(newcomer)
+        live = joining.live if joining is not None else 0
+        return (held.live - 1) / held.weight > (live + 1) / self.weight_of(newcomer)
 
     def oldest(self, matches: Callable[[Waiter], bool] | None = None) -> Waiter | None:
         candidates = [

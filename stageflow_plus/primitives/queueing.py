@@ -73,7 +73,7 @@ class Queueing(Dispatcher):
         if policy.max_queue_per_key is not None or (
             policy.max_queue is not None and depth >= policy.max_queue
         ):
-            self._make_room(demands, priority, info, now)
+            self._make_room(demands, priority, tenant, info, now)
         waiter = Waiter(
             demands,
             priority,
@@ -126,6 +126,7 @@ class Queueing(Dispatcher):
         self,
         demands: Sequence[Demand],
         priority: int,
+        tenant: str,
         info: Any,
         now: float,
     ) -> None:
@@ -144,7 +145,9 @@ class Queueing(Dispatcher):
         victim: Waiter | None = None
         if policy.shedding is Shedding.EVICT_LOWEST_PRIORITY:
             victim = self._ordering.victim(matches)
-            if victim is not None and victim.priority >= priority:
+            if victim is not None and victim.priority >= priority and not (
+                victim.priority == priority and self._ordering.unfair(victim.tenant, tenant)
+            ):
                 victim = None
         elif policy.shedding is Shedding.EVICT_OLDEST:
             victim = self._ordering.oldest(matches)
@@ -167,7 +170,7 @@ class Queueing(Dispatcher):
             victim,
             Evicted(
                 f"{self._name}: evicted from a full queue ({bound} waiting) for a call of priority "
-                f"{priority} (shedding={policy.shedding.value})",
+                f"{priority}, tenant {tenant!r} (shedding={policy.shedding.value})",
                 key=key,
                 limiter=self._name,
                 queue_depth=len(self._ordering),

@@ -383,3 +383,29 @@ async def release_as_granted(tasks: list[asyncio.Task[Lease]]) -> None:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result().release()
+
+
+async def test_a_flooding_tenant_cannot_lock_a_light_one_out_of_a_full_queue() -> None:
+    """Same priority: the light tenant's newcomer takes the place of the heavy one's newest;
+    once the two hold comparable shares, a full queue refuses newcomers again."""
+    policy = AdmissionPolicy(max_queue=4, shedding=Shedding.EVICT_LOWEST_PRIORITY)
+    limiter = Limiter(clock=ManualClock(), admission=policy,
+                      ordering=PriorityFairOrdering(aging_interval=None))
+    pool = ConcurrencyPool("p", 1)
+    held = await limiter.acquire([(pool, 1)])
+    heavy = [spawn(limiter, [(pool, 1)], tenant="heavy") for _ in range(4)]
+    await settle()
+    light = spawn(limiter, [(pool, 1)], tenant="light")
+    await settle()
+    assert heavy[-1].done() and not light.done()
+    with pytest.raises(Evicted, match="tenant 'light'"):
+        await heavy[-1]
+    with pytest.raises(QueueFull):  # the heaviest tenant itself: refused, as before
+        await limiter.acquire([(pool, 1)], tenant="heavy")
+    light_2 = spawn(limiter, [(pool, 1)], tenant="light")  # (3-1)/1 > (1+1)/1? no → refused
+    await settle()
+    with pytest.raises(QueueFull):
+        await light_2
+    held.release()
+    await release_as_granted([light, *heavy[:-1]])
+    assert pool.in_use == 0
