@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     bench.add_argument("--plot", metavar="DIR", help="write PNG plots into this directory")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    bench.add_argument("--no-progress", action="store_true",
+                       help="no progress bar on stderr (none when stderr is not a terminal)")
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--core", action="store_true",
                       help="the limiter's own overhead against asyncio.Semaphore")
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .bench.run import run_demo
 
-            run_demo()
+            run_demo(progress=sys.stderr.isatty())  # a bar only where it redraws in place
             return 0
         if args.backend is not None and args.processes is None:
             raise SystemExit("stageflow-plus bench: --backend needs --processes N")
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench.run import run_bench
 
         run_bench(quick=args.quick, json_path=args.json, plot_dir=args.plot,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress and sys.stderr.isatty())
         return 0
     except ModuleNotFoundError as error:
         if error.name in {"httpx", "aiohttp", "matplotlib", "redis"}:
