@@ -197,21 +197,25 @@ def _classify(index: int, value: Any) -> BatchItem:
 async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the calls still running and wait until each has unwound (permits released).
 
-    Awaits the tasks one by one rather than through ``gather``: a test's quiescence check
-    then sees exactly what this task waits for.
+    If ``run_batch`` itself is cancelled meanwhile (a stage timeout, a cancel token), it
+    still waits for the calls to unwind — nothing leaks — and then re-raises the
+    cancellation: a cancel is never swallowed.
     """
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        if task.done():
-            continue
+    pending = [task for task in tasks if not task.done()]
+    interrupted = False
+    while pending:
         try:
-            await task
+            await asyncio.wait(pending)
         except asyncio.CancelledError:
-            if not task.done():  # this task itself was cancelled again: stop waiting
-                raise
-        except Exception:  # pragma: no cover - one() captures every Exception
-            pass
+            interrupted = True
+        pending = [task for task in pending if not task.done()]
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: one() records every Exception on its item
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def run_batch(

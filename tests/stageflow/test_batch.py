@@ -279,3 +279,45 @@ def test_parallel_batch_example_runs() -> None:
                           timeout=60, cwd=script.parents[1])
     assert done.returncode == 0, done.stderr
     assert "0.1 s" in done.stdout and "0.4 s" in done.stdout
+
+
+class SlowToUnwind(BaseTool):
+    """Answers after ``delay`` s of loop time; when cancelled, takes 50 ms to unwind."""
+
+    name = "slow_unwind"
+    description = "a call whose cancellation takes a while"
+    action_type = "SLOW_UNWIND"
+
+    async def execute(self, input: ToolInput, ctx: dict[str, Any]) -> ToolOutput:
+        try:
+            await asyncio.sleep(input.action.payload["delay"])
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleanup that takes time (e.g. closing a stream)
+            raise
+        return ToolOutput(success=True, data={"n": input.action.payload["n"]})
+
+
+def test_a_cancel_during_the_batch_cleanup_is_not_swallowed() -> None:
+    """first_success: the winner answers at 10 ms, the loser needs 50 ms to unwind; a
+    timeout at 30 ms must still reach the caller (after the loser unwound: no leak)."""
+    from stageflow_plus.testing import run_virtual
+
+    async def main() -> tuple[bool, int]:
+        tools = ToolRegistry()
+        tools.register(SlowToUnwind())
+        chain = ToolCallChain([ConcurrencyLimiter(4)])
+        actions = [SimpleAction("SLOW_UNWIND", {"delay": 0.01, "n": 0}),
+                   SimpleAction("SLOW_UNWIND", {"delay": 10.0, "n": 1})]
+        timed_out = False
+        try:
+            async with asyncio.timeout(0.03):
+                await run_batch(actions, tools, chain=chain, strategy="first_success")
+        except TimeoutError:
+            timed_out = True
+        stats = chain.statistics()
+        assert stats is not None
+        return timed_out, stats.in_flight
+
+    timed_out, in_flight = run_virtual(main())
+    assert timed_out, "run_batch swallowed the cancellation of its caller"
+    assert in_flight == 0
