@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from ..primitives.limiter import Limiter
 from ..primitives.ordering import PriorityFairOrdering
 from ..primitives.resources import ConcurrencyPool
 from .overrides import Ceilings, OverrideError, RunOverrides, read_overrides
-from .scope import CallScope, _reset, _set
+from .scope import CallScope, _reset, _set, current_scope
 
 __all__ = [
     "PARTIAL_KEY",
@@ -60,6 +61,7 @@ log = structlog.get_logger("stageflow_plus")
 
 PARTIAL_KEY = "_stageflow_plus.partial.{stage}"
 REFUSED_KEY = "_stageflow_plus.refused.{stage}"
+_STAGEFLOW_TIMEOUT = "Stage timed out after "  # the error of a stage Stageflow timed out
 
 
 class InvalidRunOverride(CriticalInterceptorError):
@@ -125,7 +127,10 @@ class CallScopeInterceptor(BaseInterceptor):
         self.ceilings = ceilings if ceilings is not None else Ceilings()
         self.clock = as_clock(clock)
         self.collect_partial = collect_partial
-        self._active: dict[tuple[int, str], tuple[CallScope, object]] = {}
+        self._active: dict[
+            tuple[int, str],
+            tuple[CallScope, object, asyncio.Task[Any] | None, Callable[[Any], None] | None],
+        ] = {}
 
     async def before(self, stage_name: str, ctx: Any) -> InterceptorResult | None:
         overrides = _run_overrides(self.name, stage_name, ctx, self.ceilings)
@@ -141,19 +146,31 @@ class CallScopeInterceptor(BaseInterceptor):
             cost=overrides.cost,
             completed=[] if self.collect_partial else None,
         )
-        self._active[(id(ctx), stage_name)] = (scope, _set(scope))
+        slot = (id(ctx), stage_name)
+        task = asyncio.current_task()
+        forget = None
+        if task is not None:
+
+            def forget(_: Any, slot: tuple[int, str] = slot) -> None:
+                self._active.pop(slot, None)  # cancelled stage: Stageflow skips after()
+
+            task.add_done_callback(forget)
+        self._active[slot] = (scope, _set(scope), task, forget)
         return None
 
     async def after(self, stage_name: str, result: Any, ctx: Any) -> None:
         entry = self._active.pop((id(ctx), stage_name), None)
         if entry is None:
             return
-        scope, token = entry
+        scope, token, task, forget = entry
+        if task is not None and forget is not None:
+            task.remove_done_callback(forget)
         with contextlib.suppress(ValueError):  # after() in another context: nothing to undo
             _reset(token)
         if getattr(result, "status", None) == "failed" and scope.completed is not None:
             error = getattr(result, "error", None)
-            status = "timeout" if error and "timed out" in error else "failed"
+            # Stageflow's own timeout message (pipeline/interceptors.py), not any "timed out"
+            status = "timeout" if error and error.startswith(_STAGEFLOW_TIMEOUT) else "failed"
             ctx.data[PARTIAL_KEY.format(stage=stage_name)] = PartialResults(
                 status, tuple(scope.completed), error
             )
@@ -217,11 +234,19 @@ class StageLimitInterceptor(BaseInterceptor):
         callback = None
         if task is not None:
 
-            def callback(_: Any, lease: Lease = lease) -> None:
+            def callback(_: Any, lease: Lease = lease, slot: tuple[int, str] = slot) -> None:
                 lease.release()  # cancelled stage: Stageflow skips after(); release here
+                self._leases.pop(slot, None)
 
             task.add_done_callback(callback)
         self._leases[slot] = (lease, task, callback)
+        scope = current_scope()
+        if lease.waited > 0 and scope is not None and scope.stage == stage_name and (
+            scope.deadline is not None
+        ):
+            # Stageflow starts the stage timeout after every before(): the wait for this
+            # permit does not count against it, so the tool calls' deadline moves with it
+            _set(dataclasses.replace(scope, deadline=scope.deadline + lease.waited))
         return None
 
     async def after(self, stage_name: str, result: Any, ctx: Any) -> None:

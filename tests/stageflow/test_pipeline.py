@@ -372,3 +372,74 @@ def test_environment_variables_configure_a_global_limit(tmp_path: Path) -> None:
     bad.write_text("[stageflow_plus\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         sfp.build(bad, env={})
+
+
+def test_waiting_for_a_stage_permit_does_not_eat_the_tool_calls_deadline() -> None:
+    """Stageflow starts a stage's timeout after every before(): a stage that waited 150 ms
+    for its permit still gives its tool calls the full 200 ms from when it starts."""
+    stage_limit = StageLimitInterceptor({"s": 1})
+    plus = sfp.build({}, env={}, extra=[stage_limit])
+    seen: list[tuple[float, float | None]] = []
+
+    class Hold:
+        name = "s"
+        kind = StageKind.WORK
+
+        async def execute(self, ctx: Any) -> StageOutput:
+            scope = current_scope()
+            seen.append((asyncio.get_running_loop().time(),
+                         scope.deadline if scope is not None else None))
+            await asyncio.sleep(0.15)
+            return StageOutput.ok()
+
+    graph = Pipeline().with_stage("s", Hold, StageKind.WORK).build(
+        interceptors=plus.interceptors)
+
+    async def main() -> None:
+        await asyncio.gather(graph.run(PipelineContext(data={"_timeout_ms": 200})),
+                             graph.run(PipelineContext(data={"_timeout_ms": 200})))
+
+    run_virtual(main())
+    (first_start, first_deadline), (second_start, second_deadline) = seen
+    assert second_start - first_start == pytest.approx(0.15, abs=1e-6)
+    assert first_deadline == pytest.approx(first_start + 0.2, abs=1e-6)
+    assert second_deadline == pytest.approx(second_start + 0.2, abs=1e-6)
+
+
+def test_cancelled_stages_leave_no_bookkeeping_behind() -> None:
+    """Stageflow runs no after() for a stage cancelled by a sibling's failure: the scope and
+    the stage permit are dropped by done-callbacks, so long-lived services do not grow."""
+    stage_limit = StageLimitInterceptor({"slow": 2})
+    plus = sfp.build({}, env={}, extra=[stage_limit])
+    scope_interceptor = next(i for i in plus.interceptors
+                             if isinstance(i, CallScopeInterceptor))
+
+    class Slow:
+        name = "slow"
+        kind = StageKind.WORK
+
+        async def execute(self, ctx: Any) -> StageOutput:
+            await asyncio.sleep(10)
+            return StageOutput.ok()
+
+    class Boom:
+        name = "boom"
+        kind = StageKind.WORK
+
+        async def execute(self, ctx: Any) -> StageOutput:
+            await asyncio.sleep(0.1)
+            raise RuntimeError("sibling failed")
+
+    graph = (Pipeline().with_stage("slow", Slow, StageKind.WORK)
+             .with_stage("boom", Boom, StageKind.WORK).build(interceptors=plus.interceptors))
+
+    async def main() -> None:
+        for _ in range(5):
+            with pytest.raises(Exception, match="sibling failed"):
+                await graph.run(PipelineContext(data={}))
+        await asyncio.sleep(0)
+
+    run_virtual(main())
+    assert stage_limit.in_use("slow") == 0
+    assert stage_limit._leases == {}
+    assert scope_interceptor._active == {}
