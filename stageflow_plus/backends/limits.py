@@ -16,9 +16,9 @@ Refused, it sleeps the wait Redis computed (exact for rates and pauses; a short 
 concurrency, since a release may come any time) and asks again. While it waits it keeps its
 *local* permit: local permits are per process and always taken first, so no cycle (and no
 deadlock) can form; the local cap bounds how many calls of a process wait on Redis. Only one
-call per blocking key and process polls at a time (the others queue behind it in arrival
-order, which is the local gate's priority order), so a busy key does not cause a herd of
-round trips.
+call per blocking key and process polls at a time; the others, newcomers included, queue
+behind it in arrival order (the local gate's priority order), so a busy key causes no herd
+of round trips and nobody overtakes within a process.
 
 .. versionadded:: 0.1.0
 """
@@ -125,7 +125,7 @@ class RedisLimits:
         self._actual_cost = actual_cost
         self._retry_after = retry_after
         self._clock = as_clock(clock)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]: one poller per key
         self._background: set[asyncio.Task[None]] = set()
         self._buckets: dict[tuple[str, float], tuple[tuple[str, Rate], ...]] = {}
 
@@ -146,8 +146,8 @@ class RedisLimits:
             for r in self._rates:
                 amount = 1.0 if r.dimension == "requests" else float(
                     call.cost.get(r.dimension, 0.0))
-                buckets.append(GlobalBucket(f"rate:{key}:{r.limit:g}/{r.per:g}s:{r.dimension}",
-                                            r.rate, r.capacity, amount))
+                name = f"rate:{key}:{float(r.limit)!r}/{float(r.per)!r}s:{r.dimension}"
+                buckets.append(GlobalBucket(name, r.rate, r.capacity, amount))
         return pools, buckets, pauses
 
     # -- acquiring ---------------------------------------------------------------------
@@ -163,26 +163,44 @@ class RedisLimits:
         if self.max_wait is not None:
             limit = self._clock.now() + self.max_wait
             deadline = limit if deadline is None else min(deadline, limit)
-        grant, lease = await self._try(call, pools, buckets, pauses)
-        if lease is not None:
-            return lease
-        self._wait_for(grant, deadline, call)  # refuses at once when the deadline is too near
-        lock = self._locks.setdefault(grant.key, asyncio.Lock())
+        backend = self.backend
+        keys = [backend.pool_key(name) for name, _ in pools]
+        keys += [backend.bucket_key(b.key) for b in buckets]
+        keys += [backend.pause_key(name) for name in pauses]
+        busy = next((k for k in keys if k in self._locks), None)
+        if busy is None:  # nobody of this process polls on these keys: try at once
+            grant, lease = await self._try(call, pools, buckets, pauses)
+            if lease is not None:
+                return lease
+            self._wait_for(grant, deadline, call)  # refuses at once when the deadline is near
+            busy = grant.key
+        else:  # queue behind this process's poller instead of overtaking it
+            grant = Grant(False, self.poll_interval, "queued", busy)
+        entry = self._locks.get(busy)
+        if entry is None:
+            entry = self._locks[busy] = [asyncio.Lock(), 0]
+        lock: asyncio.Lock = entry[0]
+        entry[1] += 1  # users of this key's lock; the lock is dropped with the last one
         try:
-            when = None if deadline is None else (
-                asyncio.get_running_loop().time() + max(0.0, deadline - self._clock.now()))
-            async with asyncio.timeout_at(when):
-                await lock.acquire()
-        except TimeoutError:
-            raise self._timeout(grant, call) from None
-        try:
-            while True:
-                grant, lease = await self._try(call, pools, buckets, pauses)
-                if lease is not None:
-                    return lease
-                await asyncio.sleep(self._wait_for(grant, deadline, call))
+            try:
+                when = None if deadline is None else (
+                    asyncio.get_running_loop().time() + max(0.0, deadline - self._clock.now()))
+                async with asyncio.timeout_at(when):
+                    await lock.acquire()
+            except TimeoutError:
+                raise self._timeout(grant, call) from None
+            try:
+                while True:
+                    grant, lease = await self._try(call, pools, buckets, pauses)
+                    if lease is not None:
+                        return lease
+                    await asyncio.sleep(self._wait_for(grant, deadline, call))
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[busy]
 
     def _wait_for(self, grant: Grant, deadline: float | None, call: ToolCall) -> float:
         """Seconds to sleep before the next try, or the refusal the deadline calls for."""
@@ -251,8 +269,14 @@ class RedisLimits:
         except BaseException:
             self._release_later(lease, None)  # cancelled while running
             raise
-        actual = self._actual_cost(result) if self._actual_cost is not None else None
-        await lease.release(dict(actual) if actual else None)
+        actual: dict[str, float] | None = None
+        try:
+            if self._actual_cost is not None:
+                measured = self._actual_cost(result)
+                if measured:
+                    actual = {k: float(v) for k, v in measured.items()}
+        finally:  # a failing actual_cost still gives the permits back (unreconciled)
+            await lease.release(actual)
         await self._maybe_pause(call, result)
         return result
 

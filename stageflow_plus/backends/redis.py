@@ -128,7 +128,8 @@ class RedisBackend:
     :param prefix: key prefix; processes sharing limits must use the same one.
     :param ttl: seconds a concurrency lease lives without a heartbeat (>= 0.1).
     :param on_unavailable: ``"fail_open"`` or ``"fail_closed"``.
-    :param op_timeout: bound on any one Redis command, seconds.
+    :param op_timeout: bound on any one Redis command, seconds (default ``min(0.5, ttl/4)``;
+        must stay below ``ttl/3``, the heartbeat's period).
     :param recheck_s: after a failure, seconds during which Redis is not tried again.
     :param client: an existing ``redis.asyncio.Redis`` (the URL is then only a label).
     """
@@ -140,10 +141,12 @@ class RedisBackend:
         prefix: str = "sfp",
         ttl: float = 10.0,
         on_unavailable: Policy = "fail_closed",
-        op_timeout: float = 0.5,
+        op_timeout: float | None = None,
         recheck_s: float = 0.25,
         client: aioredis.Redis | None = None,
     ) -> None:
+        if op_timeout is None:  # 0.5 s, and below ttl/4: a heartbeat must land before expiry
+            op_timeout = min(0.5, ttl / 4) if isinstance(ttl, (int, float)) else 0.5
         if on_unavailable not in ("fail_open", "fail_closed"):
             raise ConfigError(
                 f"on_unavailable must be 'fail_open' or 'fail_closed', got {on_unavailable!r}"
@@ -154,6 +157,11 @@ class RedisBackend:
                 value >= low and math.isfinite(value)
             ):
                 raise ConfigError(f"RedisBackend {name} must be a number >= {low}, got {value!r}")
+        if op_timeout >= ttl / 3:
+            raise ConfigError(
+                f"RedisBackend op_timeout ({op_timeout:g} s) must be below ttl/3 "
+                f"({ttl / 3:g} s): the heartbeat extends leases every ttl/3"
+            )
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ConfigError(f"RedisBackend prefix must be a non-empty string without braces, "
                               f"got {prefix!r}")
@@ -181,6 +189,7 @@ class RedisBackend:
         self._ids = itertools.count(1)
         self._held: dict[str, RedisLease] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._down_until = -math.inf
         self._latency = WaitRecorder()
         self._counts = dict.fromkeys(
@@ -206,9 +215,14 @@ class RedisBackend:
         """``False`` while the backend is in its ``recheck_s`` pause after a failure."""
         return time.monotonic() >= self._down_until
 
-    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script, translating every Redis failure into :class:`BackendUnavailable`."""
-        if not self.available:
+    async def _run(
+        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, force: bool = False
+    ) -> Any:
+        """Run one script, translating every Redis failure into :class:`BackendUnavailable`.
+
+        ``force``: try even during the ``recheck_s`` pause (releases: a permit given back
+        late is better than one stranded until its TTL)."""
+        if not force and not self.available:
             raise BackendUnavailable(
                 f"Redis at {self.url} is unavailable (retrying in "
                 f"{self._down_until - time.monotonic():.2f} s)", limiter="redis")
@@ -222,8 +236,8 @@ class RedisBackend:
             if not isinstance(exc, ResponseError):
                 # every pooled connection is suspect (a restart breaks them all): drop them
                 # at once, so the next attempt after recheck_s starts on fresh ones
-                with contextlib.suppress(Exception):
-                    await self.client.connection_pool.disconnect()
+                with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
+                    await self.client.connection_pool.disconnect(inuse_connections=False)
             _log.warning("redis_limits.unavailable", url=self.url, policy=self.policy,
                          error=f"{type(exc).__name__}: {exc}")
             raise BackendUnavailable(
@@ -254,7 +268,14 @@ class RedisBackend:
         for b in buckets:
             args += [repr(b.interval_ms), repr(b.burst * b.interval_ms), repr(b.amount)]
         started = time.perf_counter()
-        reply = await self._run(self._acquire, keys, args)
+        try:
+            reply = await self._run(self._acquire, keys, args)
+        except BackendUnavailable as exc:
+            if pool_keys and exc.__cause__ is not None:  # sent: it may have run
+                # the script may have run and leased a permit nobody owns: give it back as
+                # soon as Redis answers again (else the TTL does)
+                self._release_in_background(member, pool_keys)
+            raise
         self._latency.add(time.perf_counter() - started)
         granted, wait_us, reason, key = int(reply[0]), int(reply[1]), reply[2], reply[3]
         if not granted:
@@ -287,10 +308,24 @@ class RedisBackend:
         if not lease.pools and not any(float(d) for d in deltas[1::2]):
             return  # nothing to give back: no round trip
         keys = list(lease.pools) + [self.bucket_key(b.key) for b in lease.buckets]
-        # on BackendUnavailable the lease expires after the TTL (already logged and counted)
-        with contextlib.suppress(BackendUnavailable):
+        try:
             await self._run(self._release_script, keys,
-                            [lease.member, len(lease.pools), len(lease.buckets), *deltas])
+                            [lease.member, len(lease.pools), len(lease.buckets), *deltas],
+                            force=True)
+        except BackendUnavailable:
+            if lease.pools:  # try once more after recheck_s; the TTL is the last resort
+                self._release_in_background(lease.member, lease.pools)
+
+    def _release_in_background(self, member: str, pools: Sequence[str]) -> None:
+        async def retry() -> None:
+            await asyncio.sleep(self.recheck_s)
+            with contextlib.suppress(BackendUnavailable):
+                await self._run(self._release_script, list(pools),
+                                [member, len(pools), 0], force=True)
+
+        task = asyncio.get_running_loop().create_task(retry())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def pause(self, name: str, seconds: float) -> float:
         """Pause ``name`` for every process for ``seconds`` (keeps the later pause).
@@ -327,7 +362,7 @@ class RedisBackend:
                 continue
             for index in lost:
                 member = members[int(index) - 1]
-                if member in self._held:
+                if self._held.pop(member, None) is not None:  # counted once, not re-extended
                     self._counts["lost_leases"] += 1
                     _log.warning("redis_limits.lease_lost", key=_text(keys[int(index) - 1]),
                                  member=member)
@@ -367,6 +402,8 @@ class RedisBackend:
             task.cancel()
             if task.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(task, return_exceptions=True)
+        for pending in list(self._background):
+            pending.cancel()
         await self.client.aclose()
 
     def statistics(self) -> RedisStatistics:

@@ -228,16 +228,20 @@ class AdmissionGate:
         try:
             result = await proceed(call)
         except Exception as error:
-            for part in self._observers:
-                part.after_error(call, lease, error)
-            lease.release()
+            try:
+                for part in self._observers:
+                    part.after_error(call, lease, error)
+            finally:
+                lease.release()
             raise
         except BaseException:
             lease.release()  # cancelled while running: permits come back
             raise
-        for part in self._observers:
-            part.after_result(call, lease, result)
-        lease.release()
+        try:
+            for part in self._observers:
+                part.after_result(call, lease, result)
+        finally:  # an observer that raises (e.g. a broken actual_cost) leaks nothing
+            lease.release()
         return result
 
     def statistics(self) -> LimiterStatistics:

@@ -23,9 +23,10 @@ environment variables) with these sections, every key optional::
 
 With a Redis backend the ``concurrency`` (``limit``, ``per_tool``, ``per_tenant``) and
 ``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix:
-a local :class:`ConcurrencyLimiter` with the same caps stays as each process's waiting room
-(priority, fairness, queue bounds, per-run caps), followed by
-:class:`~stageflow_plus.backends.limits.RedisLimits` holding the global permits and buckets.
+a local :class:`TokenBucketRateLimiter` and :class:`ConcurrencyLimiter` with the same limits
+stay as each process's waiting room (priority, fairness, queue bounds, deadlines, per-run
+caps), followed by :class:`~stageflow_plus.backends.limits.RedisLimits` holding the global
+permits and buckets.
 ``per_key_rates`` has no Redis form yet and is refused with a Redis backend.
 
 Environment variables (applied over the file/dict): ``STAGEFLOW_PLUS_CONFIG`` (a TOML file
@@ -403,6 +404,11 @@ def _global_limits(
         options["rates"] = rate["rates"]
         options["rate_key"] = rate.get("key", "global")
     steps: list[Any] = []
+    if "rate" in cfg:
+        # the same rates locally: rate-limited calls then wait in this process's queue
+        # (priority, fairness, bounds, deadline estimates), not unordered inside RedisLimits
+        steps.append(_make("rate", TokenBucketRateLimiter,
+                           {"rates": options["rates"], "key": options["rate_key"]}))
     if concurrency:
         steps.append(_make("concurrency", ConcurrencyLimiter, concurrency))
     if "rate" in cfg or concurrency:

@@ -71,7 +71,8 @@ async def test_two_processes_worth_of_chains_share_one_limit(
     workers = [build(config, env={}), build(config, env={})]
     for built in workers:
         assert isinstance(built.backend, RedisBackend)
-        assert [type(s) for s in built.chain.interceptors] == [ConcurrencyLimiter, RedisLimits]
+        assert [type(s) for s in built.chain.interceptors] == [
+            TokenBucketRateLimiter, ConcurrencyLimiter, RedisLimits]
     probe = ConcurrencyProbe()
 
     async def work() -> str:

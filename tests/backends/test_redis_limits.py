@@ -105,26 +105,26 @@ async def test_concurrency_leases_release_and_one_round_trip(backend: RedisBacke
 async def test_expired_leases_are_purged_by_the_script(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    crashed = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
-    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    crashed = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
     try:
         _, lease = await crashed.try_acquire([("global:*", 1)], [])
         assert lease is not None
         await crashed.aclose()  # no heartbeat from now on: like a crash
         assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.7)
         assert (await other.try_acquire([("global:*", 1)], []))[0].granted
     finally:
         await other.aclose()
 
 
 async def test_heartbeat_keeps_long_calls_leased(redis_server: RedisServer, prefix: str) -> None:
-    holder = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
-    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.3)
+    holder = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
     try:
         _, lease = await holder.try_acquire([("global:*", 1)], [])
         assert lease is not None
-        await asyncio.sleep(0.8)  # well past the TTL: the heartbeat extended it
+        await asyncio.sleep(1.5)  # well past the TTL: the heartbeat extended it
         assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
         await lease.release()
         assert (await other.try_acquire([("global:*", 1)], []))[0].granted
@@ -352,3 +352,85 @@ def test_distributed_bench_table_and_validation() -> None:
         "targets": {"shared_zero_429": True},
     })
     assert "shared" in table and "shared_zero_429=ok" in table
+
+
+# -- found in review: reconciliation, precision, releases after a failure ----------------
+
+
+async def test_actual_cost_is_reconciled_and_a_failing_estimator_leaks_nothing(
+    backend: RedisBackend,
+) -> None:
+    used = {"tokens": 900}
+    limits = RedisLimits(backend, concurrency=1,
+                         rates=[Rate(1000, per=1, burst=1000, dimension="tokens")],
+                         actual_cost=lambda result: result["usage"])
+
+    async def llm(call: ToolCall) -> dict[str, Any]:
+        return {"usage": dict(used)}
+
+    chain = _chain(limits)
+    await chain.run(ToolCall("llm", cost={"tokens": 100}), llm)  # estimated 100, used 900
+    grant, _ = await backend.try_acquire([], [GlobalBucket(
+        limits.spec(ToolCall("llm", cost={"tokens": 200}))[1][0].key, 1000.0, 1000.0, 200.0)])
+    assert not grant.granted and grant.reason == "rate"  # ~100 left: the debt is seen
+
+    async def broken(call: ToolCall) -> dict[str, Any]:
+        return {}  # no "usage": actual_cost raises KeyError after a successful call
+
+    with pytest.raises(KeyError):
+        await chain.run(ToolCall("llm", cost={"tokens": 1}, deadline=chain.now() + 5), broken)
+    assert await backend.client.zcard(backend.pool_key("global:*")) == 0
+    assert backend.statistics().held == 0
+
+
+async def test_gcra_keeps_sub_millisecond_steps(backend: RedisBackend) -> None:
+    """At 25 000/s one request moves the arrival time by 0.04 ms; stored with Lua's
+    ``tostring`` (14 digits, ~0.1 ms at today's epoch) the step was lost and nothing was
+    limited. Checked on the stored value, not by timing round trips."""
+    key = backend.bucket_key("fast:requests")
+    seconds, micros = await backend.client.time()
+    tat = seconds * 1000 + micros / 1000 + 500.0  # half a second of backlog
+    await backend.client.set(key, f"{tat:.6f}", px=5000)
+    grant, _ = await backend.try_acquire([], [GlobalBucket("fast:requests", 25_000.0,
+                                                           20_000.0, 1.0)])
+    assert grant.granted
+    raw = await backend.client.get(key)
+    assert raw is not None
+    stored = float(raw)
+    assert stored - tat == pytest.approx(0.04, abs=1e-4)
+
+
+async def test_releases_are_tried_even_right_after_a_failure(backend: RedisBackend) -> None:
+    _, lease = await backend.try_acquire([("global:*", 1)], [])
+    assert lease is not None
+    with pytest.raises(BackendUnavailable):
+        await backend._run(_raiser(ConnectionError("blip")), [], [])  # one failed command
+    await lease.release()  # within recheck_s: still sent
+    assert await backend.client.zcard(backend.pool_key("global:*")) == 0
+
+
+def test_op_timeout_must_stay_below_the_heartbeat_period() -> None:
+    with pytest.raises(ConfigError, match="below ttl/3"):
+        RedisBackend("redis://127.0.0.1:1/0", ttl=1.0, op_timeout=0.5)
+    assert RedisBackend("redis://127.0.0.1:1/0", ttl=0.3).op_timeout == pytest.approx(0.075)
+
+
+async def test_a_newcomer_queues_behind_the_process_poller_instead_of_overtaking(
+    backend: RedisBackend,
+) -> None:
+    limits = RedisLimits(backend, concurrency=1, poll_interval=0.005)
+    held = await limits.acquire(ToolCall("t"))
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        lease = await limits.acquire(ToolCall("t", deadline=asyncio.get_running_loop().time() + 5))
+        order.append(name)
+        await lease.release()
+
+    first = asyncio.create_task(take("first"))
+    await asyncio.sleep(0.02)  # "first" is polling now
+    await held.release()
+    second = asyncio.create_task(take("second"))  # arrives as the permit frees
+    await asyncio.gather(first, second)
+    assert order == ["first", "second"]
+    assert limits._locks == {}  # the per-key lock is dropped with its last user

@@ -280,3 +280,19 @@ async def test_cancelled_and_failing_calls_give_permits_back() -> None:
     stats = chain.statistics()
     assert stats is not None and stats.in_flight == 0 and stats.tasks_waiting == 0
     assert all(p.in_use == 0 for p in stats.pools) and stats.cancelled == 1
+
+
+async def test_an_observer_that_raises_leaks_no_permit() -> None:
+    """actual_cost raising after a successful call: the error surfaces, the permit is back."""
+    rate = TokenBucketRateLimiter(Rate(100, per=1), actual_cost=lambda result: result["usage"])
+    chain = ToolCallChain([rate, ConcurrencyLimiter(1)], clock=ManualClock())
+
+    async def no_usage(call: ToolCall) -> dict[str, Any]:
+        return {}
+
+    for _ in range(3):  # with a leaked permit the second call would wait forever
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(chain.run(ToolCall(tool="llm"), no_usage), 1.0)
+    stats = chain.statistics()
+    assert stats is not None and stats.in_flight == 0
+    assert all(p.in_use == 0 for p in stats.pools)

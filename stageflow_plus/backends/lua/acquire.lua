@@ -4,7 +4,8 @@
 --       (value = theoretical arrival time, ms), then np pause keys (alive while paused).
 -- ARGV: lease id, ttl ms, nc, nb, np, nc limits, then per bucket: interval ms per unit,
 --       tolerance ms (burst * interval), amount.
--- Time comes from the server (TIME), never from a client.
+-- Time comes from the server (TIME), never from a client. Arrival times are stored with
+-- '%.6f' (tostring keeps 14 digits: ~0.1 ms at today's epoch, which would lose small steps).
 -- Returns {1, 0, '', '', now_us} when granted, {0, wait_us, reason, key, now_us} when not:
 -- reason is 'paused' / 'rate' (wait exact) or 'concurrency' (wait = upper bound: the
 -- earliest lease expiry; a release may come sooner).
@@ -60,6 +61,6 @@ for i = 1, nc do
 end
 for i = 1, nb do
   local ms = math.ceil(tats[i] - now) + 1000
-  redis.call('SET', KEYS[nc + i], tostring(tats[i]), 'PX', ms)
+  redis.call('SET', KEYS[nc + i], string.format('%.6f', tats[i]), 'PX', ms)
 end
 return {1, 0, '', '', now_us}

@@ -21,7 +21,7 @@ for i = 1, nb do
     if tat < now then tat = now end
     tat = tat + delta * interval
     if tat > now then
-      redis.call('SET', k, tostring(tat), 'PX', math.ceil(tat - now) + 1000)
+      redis.call('SET', k, string.format('%.6f', tat), 'PX', math.ceil(tat - now) + 1000)
     else
       redis.call('DEL', k)  -- refunded back to a full bucket
     end
