@@ -14,7 +14,13 @@ mistaken for cancellation. The tree is two levels deep::
         ├── Evicted                 shed from the queue to make room for a more urgent call
         ├── CostTooLarge            the call can never fit (cost above burst or capacity)
         ├── CircuitOpen             the tool's circuit breaker is open
-        └── LimiterClosed           the limiter was closed while the call waited
+        ├── LimiterClosed           the limiter was closed while the call waited
+        └── BackendUnavailable      Redis unreachable under ``fail_closed`` (backends)
+
+Elsewhere, also under :class:`StageflowPlusError`: ``OverrideError`` and
+``UnknownInterceptor`` (config errors of the Stageflow integration), ``WriteConflict`` and
+``VersionConflict`` (output bag; also Stageflow ``OutputConflictError``), ``ToolFailed`` and
+``BatchFailed`` (parallel batches).
 
 .. versionadded:: 0.1.0
 """
