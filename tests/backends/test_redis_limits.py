@@ -434,3 +434,36 @@ async def test_a_newcomer_queues_behind_the_process_poller_instead_of_overtaking
     await asyncio.gather(first, second)
     assert order == ["first", "second"]
     assert limits._locks == {}  # the per-key lock is dropped with its last user
+
+
+async def test_a_grant_racing_a_cancellation_is_given_back(backend: RedisBackend) -> None:
+    """The waiter is cancelled while its acquire round trip is in flight and that round trip
+    grants: the orphaned lease is released at once, not left to the TTL."""
+    limits = RedisLimits(backend, concurrency=1)
+    real = backend.try_acquire
+    in_flight, go_on, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_try(*args: Any, **kwargs: Any) -> Any:
+        in_flight.set()
+        await go_on.wait()  # the script has not run yet; the caller is cancelled meanwhile
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            answered.set()
+
+    backend.try_acquire = slow_try  # type: ignore[method-assign]
+    waiter = asyncio.create_task(limits.acquire(ToolCall("t")))
+    await in_flight.wait()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    go_on.set()  # now the round trip completes and grants
+    await answered.wait()
+    backend.try_acquire = real  # type: ignore[method-assign]
+    zset = backend.pool_key("global:*")
+    for _ in range(100):  # the background release lands within a few round trips
+        if await backend.client.zcard(zset) == 0 and backend.statistics().held == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await backend.client.zcard(zset) == 0
+    assert backend.statistics().held == 0
