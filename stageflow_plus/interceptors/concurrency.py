@@ -173,7 +173,12 @@ class ConcurrencyLimiter(LimitPart):
         run_id = call.run_id
         if run_id is not None:
             run = self._run
-            cap = run.partition.limit
+            partition = run.partition
+            cap = (
+                partition.overrides.get(run_id, partition.limit)
+                if partition.overrides
+                else partition.limit
+            )
             limits = call.limits
             if limits:
                 override = limits.get("concurrency")

@@ -25,6 +25,9 @@ KEYS: dict[str, Callable[[ToolCall], str]] = {
 }
 
 
+_PLAIN = frozenset({str, bytes, int, float, bool, list, tuple})
+
+
 def default_retry_after(outcome: Any) -> float | None:
     """Find a provider's ``Retry-After`` (seconds) in a tool result or exception.
 
@@ -34,8 +37,8 @@ def default_retry_after(outcome: Any) -> float | None:
     ``retry_after``; and HTTP responses with ``status_code == 429`` and a ``Retry-After``
     header in seconds. Returns ``None`` when the outcome is not a rate-limit answer.
     """
-    if outcome is None or isinstance(outcome, (str, bytes, int, float, list, tuple)):
-        return None  # the common results: nothing to look at
+    if outcome is None or type(outcome) in _PLAIN:
+        return None  # the common results: nothing to look at (subclasses are looked at)
     value = getattr(outcome, "retry_after", None)
     if value is None:
         data = getattr(outcome, "data", None)

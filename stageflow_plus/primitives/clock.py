@@ -61,7 +61,11 @@ class LoopClock:
             self._loop = loop
             self._time = (
                 time.monotonic
-                if loop is None or type(loop).time is asyncio.BaseEventLoop.time
+                if loop is None
+                or (
+                    type(loop).time is asyncio.BaseEventLoop.time
+                    and "time" not in getattr(loop, "__dict__", {})  # not patched on the loop
+                )
                 else loop.time
             )
         return self._time()

@@ -34,7 +34,6 @@ __all__ = ["Dispatcher"]
 
 GRANTED = WaiterState.GRANTED
 LEFT = WaiterState.LEFT
-_ANY = 1e-9  # "any amount at all": a resource refusing this can grant nobody
 
 
 class Dispatcher:
@@ -121,6 +120,7 @@ class Dispatcher:
         self._in_flight += 1
         self._record_wait(wait)
         lease = Lease(self, waiter.demands, now, wait, waiter.info)  # type: ignore[arg-type]
+        lease.queued = True
         waiter.future.set_result(lease)  # (a Dispatcher is always a Limiter)
         if self._listener is not None:
             self._listener.on_admitted(waiter.info, wait)
@@ -203,7 +203,7 @@ class Dispatcher:
                     if exhausted is not None:
                         # the grant used up a resource every remaining waiter needs: nobody
                         # else can go before it refills (a bucket: wake then) or is released
-                        wake_at = min(wake_at, exhausted.ready_at(_ANY, now))
+                        wake_at = min(wake_at, exhausted.ready_at(exhausted.unit, now))
                         break
                 continue
             popped.append(waiter)
@@ -223,7 +223,7 @@ class Dispatcher:
     @staticmethod
     def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> Resource | None:
         for resource, _ in granted.demands:
-            if resource.queued == waiting and not resource.available(_ANY, now):
+            if resource.queued == waiting and not resource.available(resource.unit, now):
                 return resource
         return None
 

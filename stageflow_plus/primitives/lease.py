@@ -43,6 +43,7 @@ class Lease:
 
     :ivar granted: whether the demands were granted.
     :ivar waited: seconds spent in the queue.
+    :ivar queued: whether the call waited in the queue (even for 0 s) before its grant.
     :ivar retry_after: for a refusal, seconds after which retrying may succeed.
     :ivar error: for a refusal, the :class:`Rejected` describing it.
     """
@@ -54,6 +55,7 @@ class Lease:
         "error",
         "granted",
         "info",
+        "queued",
         "released",
         "retry_after",
         "waited",
@@ -78,6 +80,7 @@ class Lease:
         self.granted = error is None
         self.retry_after = error.retry_after if error is not None else None
         self.released = not self.granted
+        self.queued = False  # granted through the queue (set by the limiter)
 
     def __bool__(self) -> bool:
         return self.granted

@@ -199,8 +199,13 @@ class Limiter(Queueing):
         if lease is not None:
             return lease
         # the wait happens in this frame (no inner coroutine): a queued call costs one frame
-        waiter = self._enqueue(demands, priority, tenant, cost, deadline, timeout, info, now)
-        self._dispatch_for(waiter, now)
+        waiter, evicted = self._enqueue(
+            demands, priority, tenant, cost, deadline, timeout, info, now
+        )
+        if evicted:  # the evicted waiter may have reserved what others can now take
+            self._dispatch()
+        else:
+            self._dispatch_for(waiter, now)
         if waiter.state is GRANTED:
             return waiter.future.result()  # type: ignore[no-any-return]
         try:
@@ -287,7 +292,7 @@ class Limiter(Queueing):
             else:
                 resource.release(amount, now, held)
         self._in_flight -= 1
-        if self._immediate_events or (self._listener is not None and lease.waited):
+        if self._immediate_events or (self._listener is not None and lease.queued):
             self._listener.on_released(lease.info, held)  # type: ignore[union-attr]
         if self._waiting:
             self._dispatch()

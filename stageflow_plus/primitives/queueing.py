@@ -46,10 +46,16 @@ class Queueing(Dispatcher):
         timeout: float | None,
         info: Any,
         now: float,
-    ) -> Waiter:
+    ) -> tuple[Waiter, bool]:
+        """Queue a call (or refuse it); also says whether shedding evicted a waiter."""
         if self._closed:
             raise self._refuse(self._closed_error(), info)
         depth = self._waiting
+        for resource, amount in demands:
+            if amount < resource.unit and resource.unit >= 1:
+                # a whole-permit resource asked for less than one permit: no need at all
+                demands = [(r, a) for r, a in demands if not (a < r.unit and r.unit >= 1)]
+                break
         for resource, amount in demands:
             if amount > resource.max_amount():
                 raise self._refuse(
@@ -73,7 +79,9 @@ class Queueing(Dispatcher):
         if policy.max_queue_per_key is not None or (
             policy.max_queue is not None and depth >= policy.max_queue
         ):
-            self._make_room(demands, priority, tenant, info, now)
+            evicted = self._make_room(demands, priority, tenant, info, now)
+        else:
+            evicted = False
         waiter = Waiter(
             demands,
             priority,
@@ -95,7 +103,7 @@ class Queueing(Dispatcher):
         if self._listener is not None:
             # not depth + 1: shedding may have evicted a waiter since depth was read
             self._listener.on_queued(info, self._waiting)
-        return waiter
+        return waiter, evicted
 
     def _check_deadline(
         self, demands: Sequence[Demand], deadline: float, info: Any, now: float
@@ -129,14 +137,15 @@ class Queueing(Dispatcher):
         tenant: str,
         info: Any,
         now: float,
-    ) -> None:
+    ) -> bool:
+        """Make room in a full queue or refuse; ``True`` when a waiter was evicted."""
         policy = self._admission
         full: Resource | None = None
         if policy.max_queue_per_key is not None:
             full = next((r for r, _ in demands if r.queued >= policy.max_queue_per_key), None)
         total_full = policy.max_queue is not None and len(self._ordering) >= policy.max_queue
         if full is None and not total_full:
-            return
+            return False
 
         def needs_full(w: Waiter) -> bool:
             return any(r is full for r, _ in w.demands)
@@ -146,7 +155,7 @@ class Queueing(Dispatcher):
         if policy.shedding is Shedding.EVICT_LOWEST_PRIORITY:
             victim = self._ordering.victim(matches)
             if victim is not None and victim.priority >= priority and not (
-                victim.priority == priority and self._ordering.unfair(victim.tenant, tenant)
+                victim.priority == priority and _unfair(self._ordering, victim.tenant, tenant)
             ):
                 victim = None
         elif policy.shedding is Shedding.EVICT_OLDEST:
@@ -176,3 +185,10 @@ class Queueing(Dispatcher):
                 queue_depth=len(self._ordering),
             ),
         )
+        return True
+
+
+def _unfair(ordering: Any, holder: str, newcomer: str) -> bool:
+    """``ordering.unfair(...)``; ``False`` for an ordering written before that method."""
+    unfair = getattr(ordering, "unfair", None)
+    return bool(unfair(holder, newcomer)) if unfair is not None else False

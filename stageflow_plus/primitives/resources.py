@@ -79,6 +79,9 @@ class Resource:
 
     __slots__ = ("key", "queued", "queued_amount")
 
+    #: the smallest amount a waiter can need: a resource that cannot grant it grants nobody
+    unit: float = 1e-9
+
     def __init__(self, key: str) -> None:
         self.key = key
         self.queued = 0  # invariant: number of queued waiters whose demands include self
@@ -129,6 +132,8 @@ class ConcurrencyPool(Resource):
     """
 
     __slots__ = ("_capacity", "_observed", "in_use", "service_time")
+
+    unit = 1.0  # permits are whole: a demand below 1 needs none (and is dropped when queued)
 
     def __init__(self, key: str, capacity: int, *, service_time: float = 0.0) -> None:
         super().__init__(key)

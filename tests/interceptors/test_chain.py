@@ -296,3 +296,30 @@ async def test_an_observer_that_raises_leaks_no_permit() -> None:
     stats = chain.statistics()
     assert stats is not None and stats.in_flight == 0
     assert all(p.in_use == 0 for p in stats.pools)
+
+
+async def test_a_per_run_cap_set_at_runtime_for_one_run_holds() -> None:
+    limiter = ConcurrencyLimiter(per_run=5)
+    limiter.set_limit("run", 1, key="r1")
+    chain = ToolCallChain([limiter], clock=ManualClock())
+    release = asyncio.Event()
+    running = peak = 0
+
+    async def tool(call: ToolCall) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+
+    tasks = [asyncio.ensure_future(chain.run(ToolCall(tool="t", run_id="r1"), tool))
+             for _ in range(3)]
+    await settle()
+    assert peak == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    uncapped = ConcurrencyLimiter()  # no per-run default, one run capped by key
+    uncapped.set_limit("run", 1, key="r2")
+    out: list[Any] = []
+    uncapped.add_demands(ToolCall(tool="t", run_id="r2"), 0.0, out)
+    assert [(r.key, a) for r, a in out] == [("run:r2", 1.0)]

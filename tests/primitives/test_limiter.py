@@ -409,3 +409,58 @@ async def test_a_flooding_tenant_cannot_lock_a_light_one_out_of_a_full_queue() -
     held.release()
     await release_as_granted([light, *heavy[:-1]])
     assert pool.in_use == 0
+
+
+async def test_an_eviction_that_frees_a_reservation_wakes_the_waiters_behind_it() -> None:
+    """V needs all of P and reserves it; W fits in P but waits behind V. A newcomer blocked
+    on Q evicts V: W must be granted at once (a skipped pass would strand it)."""
+    clock = ManualClock()
+    p, q = ConcurrencyPool("P", 2), ConcurrencyPool("Q", 1)
+    limiter = Limiter(clock=clock,
+                      admission=AdmissionPolicy(max_queue=2, shedding=Shedding.EVICT_OLDEST))
+    hold_p = limiter.acquire_nowait([(p, 1)])
+    hold_q = limiter.acquire_nowait([(q, 1)])
+    v = spawn(limiter, [(p, 2)])
+    await settle()
+    w = spawn(limiter, [(p, 1)])
+    await settle()
+    n = spawn(limiter, [(q, 1)])
+    await settle()
+    with pytest.raises(Evicted):
+        await v
+    assert w.done(), "W fits and nothing reserves P any more"
+    (await w).release()
+    hold_p.release()
+    hold_q.release()
+    (await n).release()
+    assert p.in_use == q.in_use == 0
+
+
+async def test_released_event_for_a_queued_call_granted_without_measurable_wait() -> None:
+    """A quiet listener (immediate_events=False) still hears of the release of every lease
+    that went through the queue, even one granted in the same instant (wait 0.0)."""
+    events: list[str] = []
+
+    class Quiet:
+        immediate_events = False
+
+        def on_queued(self, info: object, depth: int) -> None:
+            events.append(f"queued {info}")
+
+        def on_admitted(self, info: object, wait: float) -> None:
+            events.append(f"admitted {info}")
+
+        def on_rejected(self, info: object, error: Exception) -> None:
+            events.append(f"rejected {info}")
+
+        def on_released(self, info: object, held: float) -> None:
+            events.append(f"released {info}")
+
+    limiter = Limiter(clock=ManualClock(), listener=Quiet())
+    pool = ConcurrencyPool("p", 1)
+    first = await limiter.acquire([(pool, 1)], info="first")
+    second = spawn(limiter, [(pool, 1)], info="second")
+    await settle()
+    first.release()  # same instant: "second" is granted with wait 0.0
+    (await second).release()
+    assert events == ["queued second", "admitted second", "released second"]
