@@ -46,8 +46,8 @@ class Queueing(Dispatcher):
         timeout: float | None,
         info: Any,
         now: float,
-    ) -> tuple[Waiter, bool]:
-        """Queue a call (or refuse it); also says whether shedding evicted a waiter."""
+    ) -> Waiter:
+        """Queue a call (or refuse it), then dispatch as far as its arrival requires."""
         if self._closed:
             raise self._refuse(self._closed_error(), info)
         depth = self._waiting
@@ -103,7 +103,11 @@ class Queueing(Dispatcher):
         if self._listener is not None:
             # not depth + 1: shedding may have evicted a waiter since depth was read
             self._listener.on_queued(info, self._waiting)
-        return waiter, evicted
+        if evicted:  # the evicted waiter may have reserved what others can now take
+            self._dispatch()
+        else:
+            self._dispatch_for(waiter, now)
+        return waiter
 
     def _check_deadline(
         self, demands: Sequence[Demand], deadline: float, info: Any, now: float
