@@ -164,12 +164,16 @@ class Dispatcher:
             return
         self._dispatching = True
         try:
-            self._dispatch_pass()
+            while self._dispatch_pass():
+                pass  # grants reordered the queue (fair share) past a reservation: again
         finally:
             self._dispatching = False
 
-    def _dispatch_pass(self) -> None:
+    def _dispatch_pass(self) -> bool:
+        """One pass over the queue; ``True`` when another pass may grant more (a waiter was
+        held back only by a reservation while grants changed the fair-share order)."""
         now = self._now()
+        granted = held_back = False
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
         ordering = self._ordering
@@ -189,6 +193,7 @@ class Dispatcher:
             for resource, amount in waiter.demands:
                 if blocked is not None and resource in blocked:
                     grantable = False
+                    held_back = True
                 elif not resource.available(amount, now):
                     grantable = False
                     if blocked is None:
@@ -197,6 +202,7 @@ class Dispatcher:
                     wake_at = min(wake_at, resource.ready_at(amount, now))
             if grantable:
                 self._grant(waiter, now)
+                granted = True
                 left = self._waiting
                 if left:
                     exhausted = self._exhausted_for_all(waiter, left, now)
@@ -219,6 +225,7 @@ class Dispatcher:
             self._fail_oversized(popped, now)
         if wake_at != math.inf or self._deadlines:
             self._schedule(wake_at)
+        return granted and held_back and self._waiting > 0
 
     @staticmethod
     def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> Resource | None:
