@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..primitives.errors import ConfigError
+from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import Rate, Resource, TokenBucket
 from ..primitives.stats import BucketStatistics
@@ -236,6 +236,8 @@ class TokenBucketRateLimiter(LimitPart):
                 self.pause(self._key(call), seconds)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+        if isinstance(error, Rejected):
+            return  # a limiter further in refused (e.g. Redis down): no provider answered
         self._maybe_pause(call, error)
 
     def _maybe_pause(self, call: ToolCall, outcome: Any) -> None:

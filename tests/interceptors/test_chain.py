@@ -323,3 +323,22 @@ async def test_a_per_run_cap_set_at_runtime_for_one_run_holds() -> None:
     out: list[Any] = []
     uncapped.add_demands(ToolCall(tool="t", run_id="r2"), 0.0, out)
     assert [(r.key, a) for r, a in out] == [("run:r2", 1.0)]
+
+
+async def test_a_refusal_from_further_in_is_not_a_provider_retry_after() -> None:
+    """A Rejected carries retry_after too (e.g. Redis down under fail_closed); raised by a
+    step inside the limits it must not pause the rate key as a provider's 429 would."""
+    rate = TokenBucketRateLimiter(Rate(100, per=1))
+
+    async def refuse_further_in(call: ToolCall, proceed: Proceed) -> Any:
+        raise QueueFull("downstream limiter is full", retry_after=5.0)
+
+    chain = ToolCallChain([rate, refuse_further_in], clock=ManualClock())
+    with pytest.raises(QueueFull):
+        await chain.run(ToolCall(tool="t"), _never_reached)
+    stats = chain.statistics()
+    assert stats is not None and stats.buckets and all(b.paused_for == 0 for b in stats.buckets)
+
+
+async def _never_reached(call: ToolCall) -> None:
+    raise AssertionError("the step before the tool refused")
