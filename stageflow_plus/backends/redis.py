@@ -58,6 +58,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..interceptors.call import ToolCall, ToolCallInterceptor
 from ..interceptors.concurrency import ConcurrencyLimiter
+from ..interceptors.rate import TokenBucketRateLimiter
+from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from ..primitives.stats import WaitRecorder
@@ -373,17 +375,30 @@ class RedisBackend:
         concurrency: int | None = None,
         per_tool: int | Mapping[str, int] | None = None,
         per_tenant: int | Mapping[str, int] | None = None,
+        per_run: int | None = None,
         rates: Rate | Sequence[Rate] = (),
         rate_key: str | Callable[[ToolCall], str] = "global",
+        clock: Clock | Callable[[], float] | None = None,
     ) -> list[ToolCallInterceptor]:
-        """A local :class:`ConcurrencyLimiter` (the waiting room, capped like the global
-        limit) followed by :class:`~stageflow_plus.backends.limits.RedisLimits`."""
+        """This process's waiting room, then the global limits in Redis.
+
+        The waiting room: a local :class:`TokenBucketRateLimiter` with the same rates (given
+        rates; at the global rate it never holds a process below its share, it orders and
+        bounds the waiting) and a local :class:`ConcurrencyLimiter` capped like the global
+        limit (``per_run`` stays local: a run lives in one process). Then
+        :class:`~stageflow_plus.backends.limits.RedisLimits` on ``clock`` (the chain's).
+        """
         from .limits import RedisLimits
 
+        local: list[ToolCallInterceptor] = []
+        if isinstance(rates, Rate) or rates:
+            local.append(TokenBucketRateLimiter(rates, key=rate_key))
+        local.append(ConcurrencyLimiter(concurrency, per_tool=per_tool, per_tenant=per_tenant,
+                                        per_run=per_run))
         return [
-            ConcurrencyLimiter(concurrency, per_tool=per_tool, per_tenant=per_tenant),
+            *local,
             RedisLimits(self, concurrency=concurrency, per_tool=per_tool, per_tenant=per_tenant,
-                        rates=rates, rate_key=rate_key),
+                        rates=rates, rate_key=rate_key, clock=clock),
         ]
 
     # -- life --------------------------------------------------------------------------

@@ -387,13 +387,15 @@ def _global_limits(
     cfg: Mapping[str, Any], backend: LimitsBackend, clock: Clock | Callable[[], float] | None
 ) -> list[Any]:
     """The local waiting room, then the limits held in the backend (Redis)."""
-    from ..backends.limits import RedisLimits
     from ..backends.redis import RedisBackend
 
     assert isinstance(backend, RedisBackend)
     concurrency = dict(cfg.get("concurrency", {}))
-    shared = {k: concurrency[k] for k in ("per_tool", "per_tenant") if k in concurrency}
-    options: dict[str, Any] = {"concurrency": concurrency.get("limit"), **shared}
+    if "rate" not in cfg and not concurrency:
+        return []
+    options: dict[str, Any] = {
+        "concurrency": concurrency.pop("limit", None), **concurrency, "clock": clock
+    }
     if "rate" in cfg:
         rate = _rate_options(cfg)
         if "per_key_rates" in rate:
@@ -403,18 +405,7 @@ def _global_limits(
             )
         options["rates"] = rate["rates"]
         options["rate_key"] = rate.get("key", "global")
-    steps: list[Any] = []
-    if "rate" in cfg:
-        # the same rates locally: rate-limited calls then wait in this process's queue
-        # (priority, fairness, bounds, deadline estimates), not unordered inside RedisLimits
-        steps.append(_make("rate", TokenBucketRateLimiter,
-                           {"rates": options["rates"], "key": options["rate_key"]}))
-    if concurrency:
-        steps.append(_make("concurrency", ConcurrencyLimiter, concurrency))
-    if "rate" in cfg or concurrency:
-        steps.append(_make("backend", RedisLimits, {"backend": backend, "clock": clock,
-                                                    **options}))
-    return steps
+    return list(_make("backend", backend.limits, options))
 
 
 def _ceilings(**options: Any) -> Ceilings:

@@ -11,6 +11,7 @@ from stageflow_plus import (
     ConcurrencyLimiter,
     ConfigError,
     MemoryBackend,
+    Rate,
     TokenBucketRateLimiter,
     ToolCall,
     build,
@@ -100,3 +101,13 @@ def test_backend_url_from_the_environment(redis_server: RedisServer) -> None:
                   env={"STAGEFLOW_PLUS_BACKEND": redis_server.url})
     assert isinstance(built.backend, RedisBackend)
     assert built.config["backend"] == {"url": redis_server.url}
+
+
+def test_the_config_and_backend_limits_build_the_same_chain(redis_server: RedisServer) -> None:
+    """build() delegates to RedisBackend.limits(): the same waiting room either way."""
+    built = build({"backend": {"url": redis_server.url},
+                   "rate": {"rates": {"limit": 10, "per": 1}}}, env={})
+    assert isinstance(built.backend, RedisBackend)
+    by_hand = built.backend.limits(rates=Rate(10, per=1))
+    assert [type(s) for s in built.chain.interceptors] == [type(s) for s in by_hand] == [
+        TokenBucketRateLimiter, ConcurrencyLimiter, RedisLimits]
