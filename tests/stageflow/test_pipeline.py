@@ -55,6 +55,28 @@ class SleepTool(BaseTool):
         return result
 
 
+class SlowStage:
+    """A stage that runs for 10 s (virtual): cancelled when a sibling fails."""
+
+    name = "slow"
+    kind = StageKind.WORK
+
+    async def execute(self, ctx: Any) -> StageOutput:
+        await asyncio.sleep(10)
+        return StageOutput.ok()
+
+
+class BoomStage:
+    """A stage that fails after 100 ms (virtual), cancelling its siblings."""
+
+    name = "boom"
+    kind = StageKind.WORK
+
+    async def execute(self, ctx: Any) -> StageOutput:
+        await asyncio.sleep(0.1)
+        raise RuntimeError("sibling failed")
+
+
 def fan_out_stage(registry: Any, calls: int, seconds: float = 0.1) -> type:
     class FanOut:
         name = "fan_out"
@@ -209,25 +231,9 @@ def test_stage_timeout_cancels_queued_calls_and_keeps_partial_results() -> None:
 def test_stage_limit_waits_within_the_deadline_and_never_leaks_on_cancellation() -> None:
     limiter = StageLimitInterceptor({"slow": 1})
 
-    class Slow:
-        name = "slow"
-        kind = StageKind.WORK
-
-        async def execute(self, ctx: Any) -> StageOutput:
-            await asyncio.sleep(10)
-            return StageOutput.ok()
-
-    class Boom:
-        name = "boom"
-        kind = StageKind.WORK
-
-        async def execute(self, ctx: Any) -> StageOutput:
-            await asyncio.sleep(0.1)
-            raise RuntimeError("sibling failed")
-
     stack = sfp.build({}, env={}, extra=[limiter]).interceptors
-    graph = (Pipeline().with_stage("slow", Slow, StageKind.WORK)
-             .with_stage("boom", Boom, StageKind.WORK).build(interceptors=stack))
+    graph = (Pipeline().with_stage("slow", SlowStage, StageKind.WORK)
+             .with_stage("boom", BoomStage, StageKind.WORK).build(interceptors=stack))
 
     async def main() -> None:
         with pytest.raises(Exception, match="sibling failed"):
@@ -251,7 +257,7 @@ def test_stage_limit_waits_within_the_deadline_and_never_leaks_on_cancellation()
         loop = asyncio.get_running_loop()
         start = loop.time()
         ctx = PipelineContext(data={"_timeout_ms": 200})
-        single = Pipeline().with_stage("slow", Slow, StageKind.WORK).build(interceptors=stack)
+        single = Pipeline().with_stage("slow", SlowStage, StageKind.WORK).build(interceptors=stack)
         await single.run(ctx)  # short-circuited: Stageflow reports the stage as completed
         assert loop.time() - start == pytest.approx(0.2, abs=1e-6)
         refused = ctx.data[REFUSED_KEY.format(stage="slow")]
@@ -414,24 +420,8 @@ def test_cancelled_stages_leave_no_bookkeeping_behind() -> None:
     scope_interceptor = next(i for i in plus.interceptors
                              if isinstance(i, CallScopeInterceptor))
 
-    class Slow:
-        name = "slow"
-        kind = StageKind.WORK
-
-        async def execute(self, ctx: Any) -> StageOutput:
-            await asyncio.sleep(10)
-            return StageOutput.ok()
-
-    class Boom:
-        name = "boom"
-        kind = StageKind.WORK
-
-        async def execute(self, ctx: Any) -> StageOutput:
-            await asyncio.sleep(0.1)
-            raise RuntimeError("sibling failed")
-
-    graph = (Pipeline().with_stage("slow", Slow, StageKind.WORK)
-             .with_stage("boom", Boom, StageKind.WORK).build(interceptors=plus.interceptors))
+    graph = (Pipeline().with_stage("slow", SlowStage, StageKind.WORK)
+             .with_stage("boom", BoomStage, StageKind.WORK).build(interceptors=plus.interceptors))
 
     async def main() -> None:
         for _ in range(5):
