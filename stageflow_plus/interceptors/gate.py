@@ -26,64 +26,13 @@ from ..primitives.ordering import FifoOrdering, Ordering
 from ..primitives.resources import Resource
 from ..primitives.stats import BucketStatistics, LimiterStatistics, PoolStatistics
 from .call import Proceed, ToolCall
+from .part import LimitPart
 
 __all__ = ["AdmissionGate", "LimitPart"]
 
 
-class LimitPart:
-    """Base of the four limiter interceptors. Subclasses override the hooks they need.
-
-    An instance belongs to at most one gate (one wait queue): sharing one instance between
-    two chains would split its waiters over two queues, so it is refused with
-    :class:`ConfigError` — share the chain instead.
-    """
-
-    __slots__ = ("_gate",)
-
-    #: class-level flags the gate reads once, so unused hooks cost nothing per call
-    contributes_demands = False
-    observes_results = False
-
-    def __init__(self) -> None:
-        self._gate: AdmissionGate | None = None
-
-    @property
-    def gate(self) -> AdmissionGate:
-        """The gate this interceptor belongs to (created alone on first use if unbound)."""
-        if self._gate is None:
-            AdmissionGate([self])
-        assert self._gate is not None
-        return self._gate
-
-    def _bind(self, gate: AdmissionGate) -> None:
-        if self._gate is not None and self._gate is not gate:
-            raise ConfigError(
-                f"{type(self).__name__} is already part of another chain (one wait queue per "
-                "limiter); share that chain or create a second limiter"
-            )
-        self._gate = gate
-
-    # hooks ------------------------------------------------------------------------------
-    def configure(self, gate: AdmissionGate) -> None:
-        """Called once when the gate is built (set ordering or admission policy)."""
-
-    def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
-        """Append this interceptor's ``(resource, amount)`` needs for ``call``."""
-
-    def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
-        """Called after the tool returned, before the lease is released."""
-
-    def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
-        """Called after the tool raised, before the lease is released."""
-
-    def pool_statistics(self) -> tuple[PoolStatistics, ...]:
-        return ()
-
-    def bucket_statistics(self, now: float) -> tuple[BucketStatistics, ...]:
-        return ()
-
-    async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
-        return await self.gate(call, proceed)
+def _default_ordering() -> Ordering:
+    return FifoOrdering()
 
 
 class AdmissionGate:
@@ -121,7 +70,9 @@ class AdmissionGate:
             if kinds.count(kind) > 1:
                 raise ConfigError(f"a chain may hold one {kind.__name__}, got {kinds.count(kind)}")
         self.parts = tuple(parts)
-        self.ordering: Ordering = FifoOrdering()
+        # (declared, not inferred: parts replace them in configure(), and compiled code
+        # would otherwise keep the narrower type of the default)
+        self.ordering: Ordering = _default_ordering()
         self.admission = AdmissionPolicy()
         self._fair_cost: Callable[[ToolCall], float] | None = None
         for part in self.parts:

@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .errors import ConfigError
 from .waiter import WAITING, Waiter
 
@@ -57,6 +59,7 @@ def _compact(queue: deque[Waiter], live: int) -> deque[Waiter]:
     return queue
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class FifoOrdering:
     """Arrival order: the first to wait is the first considered."""
 
@@ -130,6 +133,7 @@ class _Level:
         self.selectable = 0  # live waiters currently in the tenant queues
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PriorityFairOrdering:
     """Priority levels with aging, weighted fair share across tenants within a level.
 
@@ -224,7 +228,8 @@ class PriorityFairOrdering:
         # the tenant with the smallest virtual time, then the earliest arrival
         tenants = self._tenants
         best_queue: deque[Waiter] | None = None
-        best_vtime = best_seq = math.inf
+        best_vtime = math.inf
+        best_seq: float = math.inf  # a float throughout (compiled code keeps one type)
         empty: list[str] | None = None
         for name, queue in best_level.tenants.items():
             while queue and queue[0].state is not WAITING:
@@ -236,7 +241,7 @@ class PriorityFairOrdering:
                 continue
             vtime = tenants[name].vtime
             if vtime < best_vtime or (vtime == best_vtime and queue[0].seq < best_seq):
-                best_queue, best_vtime, best_seq = queue, vtime, queue[0].seq
+                best_queue, best_vtime, best_seq = queue, vtime, float(queue[0].seq)
         if empty is not None:
             for name in empty:
                 del best_level.tenants[name]

@@ -1,0 +1,83 @@
+"""LimitPart: the base class of the four limiter interceptors.
+
+Each limiter interceptor contributes one concern to an
+:class:`~stageflow_plus.interceptors.gate.AdmissionGate` through the hooks here. It is kept
+out of :mod:`~stageflow_plus.interceptors.gate` because the gate is compiled in the
+accelerated build while this class stays plain Python: subclasses (yours included) may
+override anything, class attributes too.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..primitives.errors import ConfigError
+from ..primitives.lease import Lease
+from ..primitives.resources import Resource
+from ..primitives.stats import BucketStatistics, PoolStatistics
+from .call import Proceed, ToolCall
+
+if TYPE_CHECKING:
+    from .gate import AdmissionGate
+
+__all__ = ["LimitPart"]
+
+
+class LimitPart:
+    """Base of the four limiter interceptors. Subclasses override the hooks they need.
+
+    An instance belongs to at most one gate (one wait queue): sharing one instance between
+    two chains would split its waiters over two queues, so it is refused with
+    :class:`ConfigError` — share the chain instead.
+    """
+
+    __slots__ = ("_gate",)
+
+    #: class-level flags the gate reads once, so unused hooks cost nothing per call
+    contributes_demands = False
+    observes_results = False
+
+    def __init__(self) -> None:
+        self._gate: AdmissionGate | None = None
+
+    @property
+    def gate(self) -> AdmissionGate:
+        """The gate this interceptor belongs to (created alone on first use if unbound)."""
+        if self._gate is None:
+            from .gate import AdmissionGate  # (the gate imports this module)
+
+            AdmissionGate([self])
+        assert self._gate is not None
+        return self._gate
+
+    def _bind(self, gate: AdmissionGate) -> None:
+        if self._gate is not None and self._gate is not gate:
+            raise ConfigError(
+                f"{type(self).__name__} is already part of another chain (one wait queue per "
+                "limiter); share that chain or create a second limiter"
+            )
+        self._gate = gate
+
+    # hooks ------------------------------------------------------------------------------
+    def configure(self, gate: AdmissionGate) -> None:
+        """Called once when the gate is built (set ordering or admission policy)."""
+
+    def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
+        """Append this interceptor's ``(resource, amount)`` needs for ``call``."""
+
+    def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        """Called after the tool returned, before the lease is released."""
+
+    def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+        """Called after the tool raised, before the lease is released."""
+
+    def pool_statistics(self) -> tuple[PoolStatistics, ...]:
+        return ()
+
+    def bucket_statistics(self, now: float) -> tuple[BucketStatistics, ...]:
+        return ()
+
+    async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
+        return await self.gate(call, proceed)
