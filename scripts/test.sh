@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: set up (venv, package with dev extras, redis-server from Debian
-# packages if missing) and run the whole test suite, Redis tests included. Extra arguments go
-# to pytest. STAGEFLOW_PLUS_VENV chooses the venv directory (default: .venv).
+# packages if missing) and run the whole test suite, Redis tests included — twice: against the
+# compiled hot path (the install compiles it with mypyc, and here must: a failed compile fails
+# the run) and against its pure-Python sources (STAGEFLOW_PLUS_PURE=1). Extra arguments go to
+# pytest. STAGEFLOW_PLUS_VENV chooses the venv directory (default: .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${STAGEFLOW_PLUS_VENV:-.venv}"
@@ -18,6 +20,10 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 # pip's notes about unreachable local mirrors are noise here; real errors still show
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' \
+STAGEFLOW_PLUS_REQUIRE_COMPILED=1 \
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' \
   2> >(grep -v "^WARNING: Location '" >&2)
-exec "$venv/bin/python" -m pytest "$@"
+echo "scripts/test.sh: compiled core" >&2
+STAGEFLOW_PLUS_REQUIRE_COMPILED=1 "$venv/bin/python" -m pytest "$@"
+echo "scripts/test.sh: pure-Python core (STAGEFLOW_PLUS_PURE=1)" >&2
+STAGEFLOW_PLUS_PURE=1 exec "$venv/bin/python" -m pytest "$@"

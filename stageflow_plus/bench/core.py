@@ -43,6 +43,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import _accel
 from ..interceptors import (
     Backpressure,
     ConcurrencyLimiter,
@@ -363,6 +364,8 @@ def _machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "loadavg": [round(x, 2) for x in load],
+        "core": str(_accel.status()),  # compiled (mypyc) or pure Python, and why
+        "core_compiled": _accel.status().compiled,
     }
 
 

@@ -86,6 +86,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The human table: one row per strategy and workload, then the targets."""
     lines: list[str] = []
     limits = result.get("provider", {})
+    if "core" in result:
+        lines.append(f"stageflow-plus core: {result['core']}")
     if limits:
         lines.append(
             f"provider: {limits['rpm']:g} RPM, {limits['tpm']:g} TPM, {limits['max_concurrent']} "

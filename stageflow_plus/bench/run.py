@@ -29,6 +29,7 @@ from stageflow.stages.context import PipelineContext
 from stageflow.tools import ToolRegistry
 from stageflow.tools.base import BaseTool, ToolInput, ToolOutput
 
+from .. import _accel
 from .metrics import CallRecord, aging_bound, summarize
 from .provider import ProviderLimits, ProviderSimulator
 from .report import evaluate_targets, format_table, headline
@@ -282,6 +283,7 @@ def run_bench(
         _bench(_workloads(quick, limits), limits, names, progress=progress)
     )
     result["quick"] = quick
+    result["core"] = str(_accel.status())
     print(format_table(result))
     if json_path is not None:
         target = Path(json_path)
@@ -307,5 +309,6 @@ def run_demo(*, progress: bool = True) -> dict[str, Any]:
     workloads = [overload(limits, duration=2.5, seed=11), fairness(limits, duration=1.5, seed=12)]
     result, _ = asyncio.run(_bench(workloads, limits, list(STRATEGIES), progress=progress))
     result["demo"] = True
+    result["core"] = str(_accel.status())
     print(format_table(result))
     return result

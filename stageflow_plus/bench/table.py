@@ -64,6 +64,7 @@ def format_core_table(result: Mapping[str, Any]) -> str:
         f"stageflow-plus core benchmark — medians of {settings.get('repeats', '?')} repeats, "
         f"Python {machine.get('python', '?')}, {machine.get('cpus', '?')} CPUs, "
         f"load {machine.get('loadavg', '?')}",
+        f"core: {machine.get('core', '?')}",
         "",
     ]
     unc = result["uncontended"]

@@ -3,6 +3,7 @@
 .. versionadded:: 0.1.0
 """
 
+from .. import _accel
 from .backpressure import Backpressure
 from .breaker import BreakerState, ToolCircuitBreaker, default_is_failure
 from .call import Proceed, ToolCall, ToolCallInterceptor
@@ -19,6 +20,8 @@ from .provider_feedback import (
     parse_duration,
 )
 from .rate import TokenBucketRateLimiter, default_retry_after
+
+_accel.restore_docs()  # the compiled gate's docstrings
 
 __all__ = [
     "LIMITER_ORDER",

@@ -1,8 +1,12 @@
 """Limiter primitives: no Stageflow import; a small asyncio library of their own.
 
+The hot-path modules may run compiled (see :mod:`stageflow_plus._accel`); importing this
+package decides which, before any of them is imported.
+
 .. versionadded:: 0.1.0
 """
 
+from .. import _accel  # first: chooses compiled or source modules
 from .admission import AdmissionPolicy, Shedding
 from .clock import CallableClock, Clock, LoopClock, ManualClock, TimerHandle, as_clock
 from .errors import (
@@ -30,6 +34,8 @@ from .stats import (
     WaitRecorder,
 )
 from .waiter import Demand, Waiter, WaiterState
+
+_accel.restore_docs()
 
 __all__ = [
     "AdmissionPolicy",

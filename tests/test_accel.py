@@ -1,0 +1,146 @@
+"""The compiled core: which modules run, the staleness guard, and the wheel that carries them."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import inspect
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import stageflow_plus
+from stageflow_plus import _accel
+
+ROOT = Path(__file__).resolve().parents[1]
+EXT = importlib.machinery.EXTENSION_SUFFIXES[0]
+MODULES = ("pkg.alpha", "pkg.sub.beta")
+
+
+def _loaded_from(module: str) -> str:
+    return str(sys.modules[module].__file__)
+
+
+def test_the_core_in_use_is_the_one_asked_for() -> None:
+    for module in _accel.COMPILED_MODULES:
+        __import__(module)
+    files = [_loaded_from(m) for m in _accel.COMPILED_MODULES]
+    state = _accel.status()
+    if os.environ.get("STAGEFLOW_PLUS_REQUIRE_COMPILED"):  # scripts/test.sh, first pass
+        assert state.compiled, state.reason
+    if os.environ.get(_accel.PURE_ENV):  # scripts/test.sh, second pass
+        assert not state.compiled and _accel.PURE_ENV in state.reason
+    if state.compiled:
+        assert all(f.endswith(EXT) for f in files), files
+    else:
+        assert all(f.endswith(".py") for f in files), files
+        assert state.reason  # always says why
+
+
+def test_compiled_classes_keep_their_documentation() -> None:
+    from stageflow_plus.interceptors.gate import AdmissionGate
+    from stageflow_plus.primitives import Lease, Limiter, LoopClock, TokenBucket
+
+    for cls in (AdmissionGate, Lease, Limiter, LoopClock, TokenBucket):
+        assert inspect.getdoc(cls) and "mypyc" not in (cls.__doc__ or ""), cls
+
+
+def test_the_build_hook_compiles_exactly_the_listed_modules() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hatch_build
+    finally:
+        sys.path.remove(str(ROOT))
+    assert tuple(hatch_build.compiled_modules(ROOT)) == _accel.COMPILED_MODULES
+    for module in _accel.COMPILED_MODULES:
+        assert ROOT.joinpath(*module.split(".")).with_suffix(".py").exists(), module
+
+
+# -- select(): the decision, on a package laid out in a temporary directory -------------
+def _package(tmp_path: Path, *, built: tuple[str, ...] = MODULES, stale: str | None = None) -> Path:
+    root = tmp_path / "pkg"
+    records = {}
+    for module in MODULES:
+        source = root.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(f"X = {module!r}\n")
+        records[module] = {"sha256": _accel.source_digest(source), "classes": {}}
+        if module in built:
+            source.with_name(source.stem + EXT).write_bytes(b"")
+        if module == stale:
+            source.write_text("X = 'edited since the build'\n")
+    (root / _accel.BUILD_INFO).write_text(json.dumps({"mypyc": "9.9", "modules": records}))
+    return root
+
+
+def test_select_uses_compiled_modules_built_from_the_current_sources(tmp_path: Path) -> None:
+    state, info = _accel.select(_package(tmp_path), MODULES, {})
+    assert state.compiled and "9.9" in state.reason
+    assert set(info["modules"]) == set(MODULES)
+
+
+def test_select_never_uses_a_module_compiled_from_an_older_source(tmp_path: Path) -> None:
+    state, _ = _accel.select(_package(tmp_path, stale="pkg.sub.beta"), MODULES, {})
+    assert not state.compiled
+    assert "older than their sources (pkg.sub.beta)" in state.reason
+    assert "pip install -e ." in state.reason
+
+
+def test_select_runs_the_sources_when_asked_or_when_nothing_or_part_was_built(
+    tmp_path: Path,
+) -> None:
+    asked, _ = _accel.select(_package(tmp_path / "a"), MODULES, {_accel.PURE_ENV: "1"})
+    assert not asked.compiled and _accel.PURE_ENV in asked.reason
+    zero, _ = _accel.select(_package(tmp_path / "b"), MODULES, {_accel.PURE_ENV: "0"})
+    assert zero.compiled  # "0" means not set
+    nothing, _ = _accel.select(_package(tmp_path / "c", built=()), MODULES, {})
+    assert not nothing.compiled and "pure-Python install" in nothing.reason
+    part, _ = _accel.select(_package(tmp_path / "d", built=("pkg.alpha",)), MODULES, {})
+    assert not part.compiled and "missing: pkg.sub.beta" in part.reason
+
+
+def test_select_refuses_an_unreadable_build_record(tmp_path: Path) -> None:
+    root = _package(tmp_path)
+    (root / _accel.BUILD_INFO).write_text("{not json")
+    state, _ = _accel.select(root, MODULES, {})
+    assert not state.compiled and _accel.BUILD_INFO in state.reason
+
+
+def test_pure_mode_imports_every_listed_module_from_its_source() -> None:
+    code = (
+        "import stageflow_plus, sys\n"
+        "from stageflow_plus import _accel\n"
+        "print(_accel.status().compiled)\n"
+        "for m in _accel.COMPILED_MODULES:\n"
+        "    __import__(m); print(sys.modules[m].__file__)\n"
+    )
+    env = {**os.environ, _accel.PURE_ENV: "1"}
+    env.pop("STAGEFLOW_PLUS_REQUIRE_COMPILED", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert out[0] == "False"
+    assert len(out) == 1 + len(_accel.COMPILED_MODULES)
+    assert all(path.endswith(".py") for path in out[1:]), out
+
+
+def test_a_wheel_carries_the_compiled_modules_and_their_record(tmp_path: Path) -> None:
+    # the compile is cached by source hash (build/accel/): this reuses the install's build
+    env = {**os.environ, "STAGEFLOW_PLUS_REQUIRE_COMPILED": "1"}
+    env.pop(_accel.PURE_ENV, None)
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path),
+         str(ROOT)],
+        env=env, check=True, capture_output=True, timeout=600,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    assert "py3-none-any" not in wheel.name  # a platform wheel
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in _accel.COMPILED_MODULES:
+        stem = "/".join(module.split("."))
+        assert f"{stem}{EXT}" in names and f"{stem}.py" in names, module
+    assert f"stageflow_plus__mypyc{EXT}" in names
+    record = json.loads(zipfile.ZipFile(wheel).read("stageflow_plus/_accel_build.json"))
+    assert set(record["modules"]) == set(_accel.COMPILED_MODULES)
+    assert stageflow_plus.__version__ in wheel.name
