@@ -132,7 +132,13 @@ class AccelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
                 target = src / path.relative_to(root)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, target)
-            paths = [str(_source(Path(), m)) for m in modules]
+            # our own mypy settings: mypy would otherwise find the project's pyproject.toml
+            # (strict, for development) and demand Stageflow, not installed yet at build time
+            (cache / "mypy.ini").write_text(
+                "[mypy]\nignore_missing_imports = True\nfollow_imports = silent\n"
+            )
+            paths = [f"--config-file={cache / 'mypy.ini'}",
+                     *(str(_source(Path(), m)) for m in modules)]
             self._say(f"compiling {len(modules)} modules with mypyc "
                       f"{mypy.version.__version__} (about a minute)")
             log = cache / "build.log"
