@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import stageflow_plus
 from stageflow_plus import _accel
 
@@ -144,3 +146,37 @@ def test_a_wheel_carries_the_compiled_modules_and_their_record(tmp_path: Path) -
     record = json.loads(zipfile.ZipFile(wheel).read("stageflow_plus/_accel_build.json"))
     assert set(record["modules"]) == set(_accel.COMPILED_MODULES)
     assert stageflow_plus.__version__ in wheel.name
+
+
+def test_the_documented_extension_points_can_be_subclassed_in_either_core() -> None:
+    from stageflow_plus.interceptors import LimitPart
+    from stageflow_plus.primitives import (
+        ConcurrencyPool,
+        FifoOrdering,
+        LoopClock,
+        PriorityFairOrdering,
+        Resource,
+        TokenBucket,
+    )
+
+    for base in (Resource, ConcurrencyPool, TokenBucket, FifoOrdering, PriorityFairOrdering,
+                 LoopClock, LimitPart):
+        sub: type = type(f"My{base.__name__}", (base,), {"extra": 1})
+        assert issubclass(sub, base) and getattr(sub, "extra", None) == 1
+
+
+@pytest.mark.anyio
+async def test_a_python_subclass_of_a_compiled_resource_is_used_by_the_compiled_limiter() -> None:
+    from stageflow_plus.primitives import ConcurrencyPool, Limiter
+
+    taken: list[float] = []
+
+    class CountingPool(ConcurrencyPool):
+        def try_take(self, amount: float, now: float) -> bool:
+            taken.append(amount)
+            return super().try_take(amount, now)
+
+    limiter = Limiter()
+    lease = limiter.try_acquire([(CountingPool("p", 1), 1.0)])
+    assert lease and taken == [1.0]
+    lease.release()

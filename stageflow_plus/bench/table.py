@@ -79,7 +79,8 @@ def format_core_table(result: Mapping[str, Any]) -> str:
     lines.append("")
 
     con = result["contended"]
-    lines.append(f"(b) contended, {con['tasks']} tasks through a limit of {con['limit']}")
+    lines.append(f"(b) contended, {con['tasks']} tasks through a limit of {con['limit']}"
+                 + (f", medians of {con['repeats']} repeats" if "repeats" in con else ""))
     lines.append(_row("", "µs/task", "× semaphore"))
     csem = con["us_per_task"]["semaphore"]
     for key, label in (("bare", "no limit (tasks + tool only)"),

@@ -13,6 +13,7 @@ everything together. Used on its own, each limiter interceptor builds a gate of 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -175,7 +176,23 @@ class AdmissionGate:
             part.add_demands(call, now, demands)
         lease = self._take(demands, now, call)
         if lease is None:
-            lease = await self._wait(call, demands)
+            if call.limits and call.run_id is not None and "max_queue" in call.limits:
+                lease = await self._wait(call, demands)
+            else:  # queue, then wait in this frame: no second coroutine per queued call
+                waiter = self.limiter.enqueue(
+                    demands,
+                    now,
+                    priority=call.priority,
+                    tenant=call.tenant,
+                    cost=self._fair_cost(call) if self._fair_cost is not None else 1.0,
+                    deadline=call.deadline,
+                    info=call,
+                )
+                try:
+                    lease = await waiter.future
+                except asyncio.CancelledError:
+                    self.limiter.abandon(waiter)  # leaves the queue or gives the grant back
+                    raise
         try:
             result = await proceed(call)
         except Exception as error:

@@ -201,20 +201,44 @@ class Limiter(Queueing):
         # the wait happens in this frame (no inner coroutine): a queued call costs one frame
         # (few locals here: each costs every queued call 8 bytes of frame)
         waiter = self._enqueue(demands, priority, tenant, cost, deadline, timeout, info, now)
-        if waiter.state is GRANTED:
-            return waiter.future.result()  # type: ignore[no-any-return]
         try:
             return await waiter.future  # type: ignore[no-any-return]
         except asyncio.CancelledError:
-            if waiter.state is GRANTED:
-                waiter.future.result().release_unused()
-            elif waiter.state is WAITING:
-                self._leave(waiter, None)
-                self._cancelled += 1
-                self._dispatch()
-            elif waiter.future.done() and not waiter.future.cancelled():
-                waiter.future.exception()  # refused, then cancelled: mark the error retrieved
+            self.abandon(waiter)
             raise
+
+    def enqueue(
+        self,
+        demands: Sequence[Demand],
+        now: float,
+        *,
+        priority: int = 0,
+        tenant: str = "",
+        cost: float = 1.0,
+        deadline: float | None = None,
+        info: Any = None,
+    ) -> Waiter:
+        """The queueing half of :meth:`acquire`, for a caller that waits in its own frame.
+
+        Queues the call (or raises its refusal, as :meth:`acquire` does) and returns its
+        :class:`Waiter`: ``await waiter.future`` gives the :class:`Lease` or raises the
+        refusal. A caller cancelled during that wait **must** call :meth:`abandon` before
+        re-raising, or the call's place (or its grant) is lost. Call it after :meth:`take`
+        returned ``None``, with the same ``now``.
+        """
+        return self._enqueue(demands, priority, tenant, cost, deadline, None, info, now)
+
+    def abandon(self, waiter: Waiter) -> None:
+        """The caller of a queued ``waiter`` was cancelled: it leaves the queue, or gives back
+        what it was granted in the same instant; the next waiter is considered at once."""
+        if waiter.state is GRANTED:
+            waiter.future.result().release_unused()
+        elif waiter.state is WAITING:
+            self._leave(waiter, None)
+            self._cancelled += 1
+            self._dispatch()
+        elif waiter.future.done() and not waiter.future.cancelled():
+            waiter.future.exception()  # refused, then cancelled: mark the error retrieved
 
     def take(self, demands: Sequence[Demand], now: float, info: Any = None) -> Lease | None:
         """The synchronous fast path of :meth:`acquire`: a lease if nobody waits and every

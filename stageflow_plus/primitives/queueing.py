@@ -90,7 +90,7 @@ class Queueing(Dispatcher):
             now,
             deadline,
             next(self._seq),
-            asyncio.get_running_loop().create_future(),
+            asyncio.Future(loop=asyncio.get_running_loop()),  # (create_future: a Python call)
             info,
         )
         self._ordering.push(waiter)
