@@ -119,9 +119,10 @@ def select(
         recorded = info["modules"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return CoreStatus(False, f"unreadable {BUILD_INFO} ({error})"), {}
-    stale = [
+    stale = [  # (a module shipped without its source cannot be older than it)
         m for m in modules
-        if recorded.get(m, {}).get("sha256") != source_digest(_source_of(root, m))
+        if _source_of(root, m).exists()
+        and recorded.get(m, {}).get("sha256") != source_digest(_source_of(root, m))
     ]
     if stale:
         return CoreStatus(

@@ -90,6 +90,13 @@ def test_select_never_uses_a_module_compiled_from_an_older_source(tmp_path: Path
     assert "pip install -e ." in state.reason
 
 
+def test_select_trusts_a_build_shipped_without_its_sources(tmp_path: Path) -> None:
+    root = _package(tmp_path)
+    (root / "alpha.py").unlink()
+    state, _ = _accel.select(root, MODULES, {})
+    assert state.compiled
+
+
 def test_select_runs_the_sources_when_asked_or_when_nothing_or_part_was_built(
     tmp_path: Path,
 ) -> None:
