@@ -28,7 +28,7 @@ from ..primitives.stats import LimiterStatistics
 from .backpressure import Backpressure
 from .call import Proceed, ToolCall, ToolCallInterceptor
 from .concurrency import ConcurrencyLimiter
-from .gate import AdmissionGate, LimitPart
+from .gate import AdmissionGate, LimitPart, unenforced_limits
 from .observe import MultiListener, StructlogListener
 from .priority import PriorityFairQueue
 from .rate import TokenBucketRateLimiter
@@ -131,6 +131,8 @@ class ToolCallChain:
         if self._gate_only:
             # the common case, the admission step alone: its coroutine is the whole run
             return self.gate(call, target)  # type: ignore[misc]
+        if self.gate is None and call.limits:  # per-run limits and no limiter to apply them
+            raise unenforced_limits(call, frozenset())
         return self._run_steps(call, target)
 
     async def _run_steps(

@@ -122,6 +122,7 @@ class ConcurrencyLimiter(LimitPart):
     __slots__ = ("_global_demand", "_groups", "_keyed_after_run", "_keyed_before_run", "_run")
 
     contributes_demands = True
+    honours_limits = frozenset({"concurrency"})
 
     def __init__(
         self,

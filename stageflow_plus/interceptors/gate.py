@@ -32,6 +32,19 @@ from .part import LimitPart
 __all__ = ["AdmissionGate", "LimitPart"]
 
 
+def unenforced_limits(call: ToolCall, honoured: frozenset[str]) -> ConfigError:
+    """The error for a call carrying per-run limits (``call.limits``) nobody enforces."""
+    missing = sorted(set(call.limits) - honoured)
+    hint = {"concurrency": "a ConcurrencyLimiter", "rates": "a TokenBucketRateLimiter"}
+    needs = ", ".join(f"{k!r} needs {hint.get(k, 'an interceptor that enforces it')}"
+                      for k in missing)
+    return ConfigError(
+        f"tool call {call.tool!r} of run {call.run_id!r} carries per-run limits this chain "
+        f"does not enforce ({needs}); add it to the chain (config: [stageflow_plus.concurrency]"
+        " or [stageflow_plus.rate]) or drop the override"
+    )
+
+
 def _default_ordering() -> Ordering:
     return FifoOrdering()
 
@@ -48,6 +61,7 @@ class AdmissionGate:
     __slots__ = (
         "_demanders",
         "_fair_cost",
+        "_honoured",
         "_now",
         "_observers",
         "_run_waiting",
@@ -90,6 +104,7 @@ class AdmissionGate:
         self._take = self.limiter.take
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
         self._observers = tuple(p for p in self.parts if p.observes_results)
+        self._honoured = frozenset({"max_queue"}).union(*(p.honours_limits for p in self.parts))
         self._run_waiting: dict[str, int] = {}
 
     def set_fair_cost(self, fair_cost: Callable[[ToolCall], float]) -> None:
@@ -104,12 +119,19 @@ class AdmissionGate:
             part.add_demands(call, now, demands)
         return demands
 
+    def check_limits(self, call: ToolCall) -> None:
+        """Refuse (``ConfigError``) a call whose per-run limits no step here enforces."""
+        if call.limits and not self._honoured.issuperset(call.limits):
+            raise unenforced_limits(call, self._honoured)
+
     async def acquire(self, call: ToolCall) -> Lease:
         """Wait for admission of ``call`` (see :meth:`Limiter.acquire` for errors).
 
         A per-run queue bound (``call.limits["max_queue"]``) refuses with ``QueueFull`` when
-        that many calls of the run already wait.
+        that many calls of the run already wait. A per-run limit that no interceptor of the
+        gate enforces (e.g. ``"rates"`` without a rate limiter) raises ``ConfigError``.
         """
+        self.check_limits(call)
         demands = self.demands_of(call)
         lease = self.limiter.take(demands, self.limiter.clock.now(), call)
         return lease if lease is not None else await self._wait(call, demands)
@@ -170,6 +192,8 @@ class AdmissionGate:
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
         # the hot path, flattened: one clock read, demands built once, and no coroutine
         # beyond this one when the call is admitted at once
+        if call.limits and not self._honoured.issuperset(call.limits):
+            raise unenforced_limits(call, self._honoured)  # never silently ignored
         now = self._now()
         demands: list[tuple[Resource, float]] = []
         for part in self._demanders:

@@ -38,6 +38,9 @@ class LimitPart:
     #: class-level flags the gate reads once, so unused hooks cost nothing per call
     contributes_demands = False
     observes_results = False
+    #: the ``ToolCall.limits`` keys (per-run overrides) this interceptor enforces; a call
+    #: carrying a key that no step of its chain enforces is refused with ``ConfigError``
+    honours_limits: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._gate: AdmissionGate | None = None

@@ -92,6 +92,7 @@ class TokenBucketRateLimiter(LimitPart):
 
     contributes_demands = True
     observes_results = True
+    honours_limits = frozenset({"rates"})
 
     def __init__(
         self,

@@ -367,8 +367,9 @@ def _memory_limits(cfg: Mapping[str, Any]) -> list[Any]:
     steps: list[Any] = []
     if "rate" in cfg:
         steps.append(_make("rate", TokenBucketRateLimiter, _rate_options(cfg)))
-    if "concurrency" in cfg:
-        steps.append(_make("concurrency", ConcurrencyLimiter, cfg["concurrency"]))
+    # always a ConcurrencyLimiter (uncapped without a [concurrency] table), so a run's
+    # ctx.data["_concurrency"] applies whatever the operator configured, as with Redis
+    steps.append(_make("concurrency", ConcurrencyLimiter, cfg.get("concurrency", {})))
     return steps
 
 

@@ -342,3 +342,36 @@ async def test_a_refusal_from_further_in_is_not_a_provider_retry_after() -> None
 
 async def _never_reached(call: ToolCall) -> None:
     raise AssertionError("the step before the tool refused")
+
+
+async def test_per_run_limits_no_step_enforces_are_refused_not_ignored() -> None:
+    async def tool(call: ToolCall) -> str:
+        return "ok"
+
+    async def passthrough(call: ToolCall, proceed: Proceed) -> Any:
+        return await proceed(call)
+
+    rates = ToolCall("t", limits={"rates": {"requests": 5.0}}, run_id="r1")
+    concurrency = ToolCall("t", limits={"concurrency": 2}, run_id="r1")
+    queue_bound = ToolCall("t", limits={"max_queue": 3}, run_id="r1")
+
+    capped = ToolCallChain([ConcurrencyLimiter(4)])
+    assert await capped.run(concurrency, tool) == "ok"  # enforced by the ConcurrencyLimiter
+    assert await capped.run(queue_bound, tool) == "ok"  # enforced by the gate itself
+    with pytest.raises(ConfigError, match="'rates' needs a TokenBucketRateLimiter"):
+        await capped.run(rates, tool)
+    assert capped.gate is not None
+    with pytest.raises(ConfigError, match="'rates'"):
+        await capped.gate.acquire(rates)
+    stats = capped.statistics()
+    assert stats is not None and stats.in_flight == 0 and stats.admitted == 2
+
+    rated = ToolCallChain([TokenBucketRateLimiter(Rate(100))])
+    assert await rated.run(rates, tool) == "ok"
+    with pytest.raises(ConfigError, match="'concurrency' needs a ConcurrencyLimiter"):
+        await rated.run(concurrency, tool)
+
+    no_limiter = ToolCallChain([passthrough])
+    assert await no_limiter.run(ToolCall("t"), tool) == "ok"
+    with pytest.raises(ConfigError, match="does not enforce"):
+        await no_limiter.run(concurrency, tool)

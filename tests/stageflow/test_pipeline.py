@@ -433,3 +433,32 @@ def test_cancelled_stages_leave_no_bookkeeping_behind() -> None:
     assert stage_limit.in_use("slow") == 0
     assert stage_limit._leases == {}
     assert scope_interceptor._active == {}
+
+
+def test_a_run_override_applies_in_a_config_without_its_limiter_table() -> None:
+    # a rate-only config: the build adds an uncapped ConcurrencyLimiter for the override
+    plus = sfp.build({"rate": {"rates": [{"limit": 1000, "per": 1}]}}, env={})
+    probe = ConcurrencyProbe()
+    tools = ToolRegistry()
+    tools.register(SleepTool(probe))
+    graph = Pipeline().with_stage(
+        "fan_out", fan_out_stage(plus.registry(tools), 8), StageKind.WORK
+    ).build(interceptors=plus.interceptors)
+
+    async def run(data: dict[str, Any]) -> Any:
+        return await graph.run(PipelineContext(data=data))
+
+    run_virtual(run({}))
+    assert probe.max_in_flight == 8  # nothing configured caps concurrency
+    probe.max_in_flight = 0
+    run_virtual(run({"_concurrency": 2}))
+    assert probe.max_in_flight == 2
+
+    # a concurrency-only config has no rate limiter: a run's _rates is refused, not ignored
+    capped = sfp.build({"concurrency": {"limit": 4}}, env={})
+    graph = Pipeline().with_stage(
+        "fan_out", fan_out_stage(capped.registry(tools), 1), StageKind.WORK
+    ).build(interceptors=capped.interceptors)
+    with pytest.raises(Exception) as raised:
+        run_virtual(run({"_rates": {"requests": 5}}))
+    assert "'rates' needs a TokenBucketRateLimiter" in _all_messages(raised.value)
