@@ -84,36 +84,44 @@ class AccelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         if self.target_name != "wheel":
             return
         root = Path(self.root)
-        if _flag("STAGEFLOW_PLUS_PURE"):
-            self._say("STAGEFLOW_PLUS_PURE is set: building the pure-Python package")
-            return
-        if platform.python_implementation() != "CPython":
-            self._say(f"{platform.python_implementation()}: mypyc needs CPython; pure build")
-            return
         modules = compiled_modules(root)
-        try:
-            outputs, info = self._compile(root, modules)
-        except Exception as error:  # no compiler, no mypyc, a mypyc error: build pure
-            if _flag("STAGEFLOW_PLUS_REQUIRE_COMPILED"):
-                raise
-            self._say(f"could not compile the hot path ({error}); building pure Python")
+        required = _flag("STAGEFLOW_PLUS_REQUIRE_COMPILED")
+        why_not = None
+        if _flag("STAGEFLOW_PLUS_PURE"):
+            why_not = "STAGEFLOW_PLUS_PURE is set"
+        elif platform.python_implementation() != "CPython":
+            why_not = f"mypyc needs CPython, this is {platform.python_implementation()}"
+        if why_not is None:
+            try:
+                outputs, info_file = self._compile(root, modules)
+            except Exception as error:  # no compiler, no mypyc, a mypyc error: build pure
+                if required:
+                    raise
+                why_not = f"could not compile the hot path ({error})"
+        if why_not is not None:
+            if required:
+                raise RuntimeError(f"STAGEFLOW_PLUS_REQUIRE_COMPILED is set, but {why_not}")
+            self._say(f"{why_not}: building pure Python")
+            if version == "editable":  # an earlier build's extensions must not stay in use
+                self._clear_tree(root, modules)
             return
         if version == "editable":
-            self._place_in_tree(root, modules, outputs, info)
+            self._clear_tree(root, modules)
+            for source, target in outputs:
+                shutil.copy2(source, root / target)
+            shutil.copy2(info_file, root / PACKAGE / "_accel_build.json")
         else:
             force = build_data.setdefault("force_include", {})
             for source, target in outputs:
                 force[str(source)] = target
-            info_file = Path(self.directory) / f".{PACKAGE}_accel_build.json"
-            info_file.parent.mkdir(parents=True, exist_ok=True)
-            info_file.write_text(json.dumps(info, indent=1))
             force[str(info_file)] = f"{PACKAGE}/_accel_build.json"
             build_data["pure_python"] = False
             build_data["infer_tag"] = True
         self._say(f"compiled {len(modules)} hot-path modules with mypyc")
 
     # -- steps ---------------------------------------------------------------------------
-    def _compile(self, root: Path, modules: list[str]) -> tuple[list[tuple[Path, str]], Any]:
+    def _compile(self, root: Path, modules: list[str]) -> tuple[list[tuple[Path, str]], Path]:
+        """Compile (or reuse the cached build); the outputs and the build record's path."""
         import mypy.version  # the build requirement; ImportError means a pure build
 
         digests = {m: hashlib.sha256(_source(root, m).read_bytes()).hexdigest() for m in modules}
@@ -167,20 +175,20 @@ class AccelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
                 for m in modules
             },
         }
-        return outputs, info
+        info_file = cache / "_accel_build.json"
+        info_file.write_text(json.dumps(info, indent=1))
+        return outputs, info_file
 
-    def _place_in_tree(
-        self, root: Path, modules: list[str], outputs: list[tuple[Path, str]], info: Any
-    ) -> None:
-        for module in modules:  # old builds (another Python, another mypyc) go first
+    @staticmethod
+    def _clear_tree(root: Path, modules: list[str]) -> None:
+        """Remove in-place extensions and the build record (any Python, any build)."""
+        for module in modules:
             base = _source(root, module)
             for old in base.parent.glob(base.stem + ".*.so"):
                 old.unlink()
         for old in root.glob(f"{GROUP}__mypyc.*.so"):
             old.unlink()
-        for source, target in outputs:
-            shutil.copy2(source, root / target)
-        (root / PACKAGE / "_accel_build.json").write_text(json.dumps(info, indent=1))
+        (root / PACKAGE / "_accel_build.json").unlink(missing_ok=True)
 
     def _say(self, message: str) -> None:
         print(f"stageflow-plus build: {message}", file=sys.stderr)

@@ -39,6 +39,7 @@ __all__ = [
     "BUILD_INFO",
     "COMPILED_MODULES",
     "PURE_ENV",
+    "SHARED_LIBRARY",
     "CoreStatus",
     "restore_docs",
     "select",
@@ -61,6 +62,9 @@ COMPILED_MODULES: tuple[str, ...] = (
 
 BUILD_INFO = "_accel_build.json"
 """Written by the build next to this module: the source hash and class docs of each module."""
+
+SHARED_LIBRARY = "stageflow_plus__mypyc"
+"""The extension all compiled modules load their code from; it sits beside the package."""
 
 PURE_ENV = "STAGEFLOW_PLUS_PURE"
 """Set to ``1`` to run the ``.py`` sources even where compiled modules exist."""
@@ -114,6 +118,10 @@ def select(
     missing = [m for m in modules if m not in built]
     if missing:
         return CoreStatus(False, f"compiled modules missing: {', '.join(missing)}"), {}
+    if not any((root.parent / (SHARED_LIBRARY + suffix)).exists()
+               for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+        # (without it the modules would load another build's library found on sys.path)
+        return CoreStatus(False, f"{SHARED_LIBRARY} is missing beside the package"), {}
     try:
         info = json.loads((root / BUILD_INFO).read_text())
         recorded = info["modules"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,12 +51,9 @@ def test_compiled_classes_keep_their_documentation() -> None:
 
 
 def test_the_build_hook_compiles_exactly_the_listed_modules() -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hatch_build
-    finally:
-        sys.path.remove(str(ROOT))
+    hatch_build = _hook_module()
     assert tuple(hatch_build.compiled_modules(ROOT)) == _accel.COMPILED_MODULES
+    assert f"{hatch_build.GROUP}__mypyc" == _accel.SHARED_LIBRARY
     for module in _accel.COMPILED_MODULES:
         assert ROOT.joinpath(*module.split(".")).with_suffix(".py").exists(), module
 
@@ -74,6 +72,7 @@ def _package(tmp_path: Path, *, built: tuple[str, ...] = MODULES, stale: str | N
         if module == stale:
             source.write_text("X = 'edited since the build'\n")
     (root / _accel.BUILD_INFO).write_text(json.dumps({"mypyc": "9.9", "modules": records}))
+    (tmp_path / f"{_accel.SHARED_LIBRARY}{EXT}").write_bytes(b"")
     return root
 
 
@@ -108,6 +107,13 @@ def test_select_runs_the_sources_when_asked_or_when_nothing_or_part_was_built(
     assert not nothing.compiled and "pure-Python install" in nothing.reason
     part, _ = _accel.select(_package(tmp_path / "d", built=("pkg.alpha",)), MODULES, {})
     assert not part.compiled and "missing: pkg.sub.beta" in part.reason
+
+
+def test_select_needs_the_shared_library_beside_the_package(tmp_path: Path) -> None:
+    root = _package(tmp_path)
+    (tmp_path / f"{_accel.SHARED_LIBRARY}{EXT}").unlink()
+    state, _ = _accel.select(root, MODULES, {})
+    assert not state.compiled and f"{_accel.SHARED_LIBRARY} is missing" in state.reason
 
 
 def test_select_refuses_an_unreadable_build_record(tmp_path: Path) -> None:
@@ -187,3 +193,108 @@ async def test_a_python_subclass_of_a_compiled_resource_is_used_by_the_compiled_
     lease = limiter.try_acquire([(CountingPool("p", 1), 1.0)])
     assert lease and taken == [1.0]
     lease.release()
+
+
+@pytest.mark.anyio
+async def test_compiled_code_sees_a_python_subclass_s_own_unit() -> None:
+    import asyncio
+
+    from stageflow_plus.primitives import Limiter, Resource
+
+    class Slots(Resource):
+        unit = 1.0  # whole units: a demand below 1 needs none
+
+        def __init__(self, key: str, cap: int) -> None:
+            super().__init__(key)
+            self.cap, self.used = cap, 0.0
+
+        def max_amount(self) -> float:
+            return float(self.cap)
+
+        def available(self, amount: float, now: float) -> bool:
+            return self.used + amount <= self.cap
+
+        def take(self, amount: float, now: float) -> None:
+            self.used += amount
+
+        def ready_at(self, amount: float, now: float) -> float:
+            return float("inf")
+
+        def release(self, amount: float, now: float, held_for: float) -> None:
+            self.used -= amount
+
+        def refund(self, amount: float, now: float) -> None:
+            self.used -= amount
+
+        def estimate_wait(self, amount: float, now: float) -> float:
+            return 0.0
+
+    slots = Slots("s", 1)
+    limiter = Limiter()
+    held = await limiter.acquire([(slots, 1.0)])
+    blocked = asyncio.create_task(limiter.acquire([(slots, 1.0)]))
+    await asyncio.sleep(0)
+    half = asyncio.create_task(limiter.acquire([(slots, 0.5)]))  # needs no whole unit
+    await asyncio.sleep(0)
+    assert half.done() and len(limiter) == 1, "the subclass's unit was not honoured"
+    (await half).release()
+    blocked.cancel()
+    await asyncio.gather(blocked, return_exceptions=True)
+    held.release()
+
+
+def test_wrong_priority_or_tenant_types_fail_at_once_in_either_core() -> None:
+    from stageflow_plus import ToolCall
+
+    with pytest.raises(TypeError, match="priority must be an int"):
+        ToolCall("t", priority=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="priority must be an int"):
+        ToolCall("t", priority=True)
+    with pytest.raises(TypeError, match="tenant must be a str"):
+        ToolCall("t", tenant=7)  # type: ignore[arg-type]
+    assert ToolCall("t", priority=3, tenant="a").priority == 3
+
+
+def test_a_listener_s_immediate_events_may_be_any_truthy_value() -> None:
+    from stageflow_plus import ConcurrencyLimiter, StructlogListener, ToolCallChain
+
+    for value in (1, 0, None, "yes"):
+        listener = StructlogListener()
+        listener.immediate_events = value  # type: ignore[assignment]
+        chain = ToolCallChain([ConcurrencyLimiter(4)], listener=listener)
+        assert chain.gate is not None
+
+
+def _hook_module() -> Any:
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hatch_build
+    finally:
+        sys.path.remove(str(ROOT))
+    return hatch_build
+
+
+def test_a_pure_editable_build_takes_an_earlier_build_out_of_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hatch_build = _hook_module()
+    (tmp_path / "stageflow_plus").mkdir()
+    (tmp_path / "stageflow_plus" / "_accel.py").write_text((ROOT / "stageflow_plus" /
+                                                            "_accel.py").read_text())
+    leftovers = [tmp_path / f"{_accel.SHARED_LIBRARY}{EXT}",
+                 tmp_path / "stageflow_plus" / _accel.BUILD_INFO]
+    for module in _accel.COMPILED_MODULES:
+        leftovers.append(tmp_path.joinpath(*module.split(".")).with_suffix(EXT))
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    monkeypatch.setenv("STAGEFLOW_PLUS_PURE", "1")
+    monkeypatch.delenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", raising=False)
+    hook = hatch_build.AccelBuildHook(str(tmp_path), {}, None, None, str(tmp_path / "out"),
+                                      "wheel")
+    hook.initialize("editable", {})
+    assert [p for p in leftovers if p.exists()] == []
+
+    monkeypatch.setenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", "1")
+    with pytest.raises(RuntimeError, match="REQUIRE_COMPILED is set, but STAGEFLOW_PLUS_PURE"):
+        hook.initialize("standard", {})

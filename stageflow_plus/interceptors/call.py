@@ -56,6 +56,15 @@ class ToolCall:
     limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     call_id: int = field(default_factory=_ids.__next__)
 
+    def __post_init__(self) -> None:
+        # checked here, at once, because the compiled limiter would otherwise refuse a wrong
+        # type only when the call has to queue (i.e. only under load)
+        if type(self.priority) is not int or type(self.tenant) is not str:
+            if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+                raise TypeError(f"ToolCall.priority must be an int, got {self.priority!r}")
+            if not isinstance(self.tenant, str):
+                raise TypeError(f"ToolCall.tenant must be a str, got {self.tenant!r}")
+
     def log_fields(self) -> dict[str, Any]:
         """The fields events and logs carry for this call."""
         return {

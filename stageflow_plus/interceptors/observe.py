@@ -40,7 +40,7 @@ class StructlogListener:
     def __init__(self, *, admissions: bool = False, logger: Any = None) -> None:
         self._log = logger if logger is not None else structlog.get_logger("stageflow_plus")
         self._admissions = admissions
-        self.immediate_events = admissions  # nothing to log for an immediate admission
+        self.immediate_events = bool(admissions)  # nothing to log for an immediate admission
 
     def on_queued(self, info: Any, depth: int) -> None:
         self._log.info("tool_call.queued", depth=depth, **call_fields(info))

@@ -117,8 +117,8 @@ class Limiter(Queueing):
     def listener(self, listener: LimiterListener | None) -> None:
         self._listener = listener
         # a listener may opt out of the events of calls admitted without waiting
-        self._immediate_events = listener is not None and getattr(
-            listener, "immediate_events", True
+        self._immediate_events = listener is not None and bool(
+            getattr(listener, "immediate_events", True)
         )
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ than ``burst``, and refunds never lift it above ``burst``).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
@@ -37,7 +38,7 @@ class Resource:
     __slots__ = ("key", "queued", "queued_amount")
 
     #: the smallest amount a waiter can need: a resource that cannot grant it grants nobody
-    unit: float = 1e-9
+    unit: ClassVar[float] = 1e-9  # (a ClassVar: compiled code then sees subclasses' values)
 
     def __init__(self, key: str) -> None:
         self.key = key
