@@ -184,9 +184,9 @@ class Dispatcher:
             waiter = ordering.pop(now)
             if waiter is None:
                 break
-            if popped is None:
-                popped = []
             if waiter.future.cancelled():
+                if popped is None:
+                    popped = []
                 popped.append(waiter)  # dead: taken out after the pass
                 continue
             grantable = True
@@ -212,6 +212,8 @@ class Dispatcher:
                         wake_at = min(wake_at, exhausted.ready_at(exhausted.unit, now))
                         break
                 continue
+            if popped is None:
+                popped = []
             popped.append(waiter)
             remaining = self._waiting
             if any(r.queued == remaining for r in blocked):  # type: ignore[union-attr]
