@@ -192,8 +192,7 @@ class AdmissionGate:
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
         # the hot path, flattened: one clock read, demands built once, and no coroutine
         # beyond this one when the call is admitted at once
-        if call.limits and not self._honoured.issuperset(call.limits):
-            raise unenforced_limits(call, self._honoured)  # never silently ignored
+        self.check_limits(call)  # a per-run limit nobody enforces is never silently ignored
         now = self._now()
         demands: list[tuple[Resource, float]] = []
         for part in self._demanders:
