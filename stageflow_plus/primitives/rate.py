@@ -128,7 +128,7 @@ class Rate:
     def per_second(cls, limit: float, **options: Any) -> Rate:
         """``limit`` units per second (``options``: ``burst``, ``dimension``, ``start_full``).
 
-        .. versionadded:: 0.2.0
+        .. versionadded:: 0.1.0
         """
         return cls(limit, 1.0, **options)
 
@@ -136,7 +136,7 @@ class Rate:
     def per_minute(cls, limit: float, **options: Any) -> Rate:
         """``limit`` units per minute, e.g. ``Rate.per_minute(600)`` for 600 RPM.
 
-        .. versionadded:: 0.2.0
+        .. versionadded:: 0.1.0
         """
         return cls(limit, 60.0, **options)
 
@@ -144,7 +144,7 @@ class Rate:
     def per_hour(cls, limit: float, **options: Any) -> Rate:
         """``limit`` units per hour.
 
-        .. versionadded:: 0.2.0
+        .. versionadded:: 0.1.0
         """
         return cls(limit, 3600.0, **options)
 
@@ -156,7 +156,7 @@ class Rate:
 
         :raises ConfigError: text that does not read ``<number>/<period>``.
 
-        .. versionadded:: 0.2.0
+        .. versionadded:: 0.1.0
         """
         if not isinstance(text, str):
             raise ConfigError(f"a rate string must be a str, got {text!r}")

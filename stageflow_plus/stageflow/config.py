@@ -59,7 +59,6 @@ from typing import Any
 from stageflow.pipeline.interceptors import (
     BaseInterceptor,
     CircuitBreakerInterceptor,
-    TimeoutInterceptor,
     get_default_interceptors,
 )
 
@@ -75,13 +74,21 @@ from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
 from .config_schema import MOVED, check_sections, max_priority_of, normalize_rates
-from .dimensions import UnchargedDimensionWatch
+from .dimensions import dimension_watch
 from .env import ENV_PREFIX, apply_env, redact_url
+from .order import check_order
 from .overrides import Ceilings
 from .plugins import load_interceptor
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
 
-__all__ = ["COST_SECTIONS", "ENV_PREFIX", "SECTIONS", "StageflowPlus", "build", "load_config"]
+__all__ = [
+    "COST_SECTIONS",
+    "SECTIONS",
+    "StageflowPlus",
+    "build",
+    "check_order",
+    "load_config",
+]
 
 SECTIONS: dict[str, frozenset[str]] = {
     "stageflow_defaults": frozenset(),
@@ -296,7 +303,7 @@ def build(
         queue["max_priority"] = max([ceilings.max_priority,
                                      *ceilings.tenant_max_priority.values()])
         steps.append(_make("priority", PriorityFairQueue, queue))
-    watch = _dimension_watch(cfg)
+    watch = dimension_watch(cfg, COST_SECTIONS)
     if watch is not None:
         steps.append(watch)
     try:
@@ -360,45 +367,6 @@ def build(
                 ) from error
         raise
     return StageflowPlus(chain, stack, cfg, backend)
-
-
-def _bucket_dimensions(cfg: Mapping[str, Any]) -> dict[str, str]:
-    """Every non-``requests`` dimension of the configured rates → the entry naming it."""
-    found: dict[str, str] = {}
-    rate = cfg.get("rate", {})
-    sources = [("stageflow_plus.rate.rates", rate.get("rates", []))]
-    sources += [(f"stageflow_plus.rate.per_key_rates.{k}", v)
-                for k, v in rate.get("per_key_rates", {}).items()]
-    for where, items in sources:
-        for index, item in enumerate(items):
-            dimension = item.get("dimension", "requests")
-            if dimension != "requests":
-                found.setdefault(dimension, f"{where}[{index}].dimension")
-    return found
-
-
-def _dimension_watch(cfg: Mapping[str, Any]) -> UnchargedDimensionWatch | None:
-    """Refuse (declared costs) or watch (none declared) buckets no cost may charge."""
-    dimensions = _bucket_dimensions(cfg)
-    if not dimensions:
-        return None
-    declaring = [section for section in COST_SECTIONS if section in cfg]
-    if declaring:
-        charged = {"requests"}
-        for section in declaring:
-            charged.update(COST_SECTIONS[section](cfg[section]))
-        for dimension, where in dimensions.items():
-            if dimension not in charged:
-                raise ConfigError(
-                    f"{where} = {dimension!r}: no declared cost charges it (charged: "
-                    f"{', '.join(sorted(charged))}, from "
-                    f"{', '.join('stageflow_plus.' + s for s in declaring)}), so this bucket "
-                    "would limit nothing"
-                )
-        return None
-    return UnchargedDimensionWatch(
-        dimensions, where=", ".join(sorted(set(dimensions.values())))
-    )
 
 
 def _rate_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -470,45 +438,3 @@ def _ceilings(cfg: Mapping[str, Any]) -> Ceilings:
             org: frozenset(tenants) for org, tenants in options["tenants_by_org"].items()
         }
     return _make("ceilings", Ceilings, options)  # type: ignore[no-any-return]
-
-
-def check_order(interceptors: Sequence[BaseInterceptor]) -> None:
-    """Refuse interceptor orders that break the coordination with Stageflow's own.
-
-    * the call scope must run after ``TimeoutInterceptor`` (it reads the stage timeout);
-    * a stage limiter must run after the circuit breaker (an open breaker must short-circuit
-      before anything queues) and after ``TimeoutInterceptor``;
-    * a plain ``CircuitBreakerInterceptor`` counts our refusals as failures: use
-      :class:`LimitAwareCircuitBreaker` with stage limiters.
-    """
-    def priority_of(kind: type) -> int | None:
-        found = [i.priority for i in interceptors if isinstance(i, kind)]
-        return min(found) if found else None
-
-    timeout = priority_of(TimeoutInterceptor)
-    breaker = priority_of(CircuitBreakerInterceptor)
-    for interceptor in interceptors:
-        where = f"interceptor {interceptor.name!r} (priority {interceptor.priority})"
-        if isinstance(interceptor, (CallScopeInterceptor, StageLimitInterceptor)) and (
-            timeout is not None and interceptor.priority <= timeout
-        ):
-            raise ConfigError(
-                f"{where} must run after TimeoutInterceptor (priority {timeout}) to see the "
-                "stage timeout; give it a higher priority"
-            )
-        if isinstance(interceptor, StageLimitInterceptor):
-            if breaker is not None and interceptor.priority <= breaker:
-                raise ConfigError(
-                    f"{where} must run inside the circuit breaker (priority {breaker}) so an "
-                    "open breaker queues nothing; give it a higher priority"
-                )
-            plain = [
-                i for i in interceptors
-                if isinstance(i, CircuitBreakerInterceptor)
-                and not isinstance(i, LimitAwareCircuitBreaker)
-            ]
-            if plain:
-                raise ConfigError(
-                    f"{where}: Stageflow's plain CircuitBreakerInterceptor would count this "
-                    "limiter's refusals as failures; use LimitAwareCircuitBreaker instead"
-                )

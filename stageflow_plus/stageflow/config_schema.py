@@ -11,7 +11,7 @@ the value, e.g. ``stageflow_plus.backpressure.deadline_aware must be true or fal
 Checks for the constructors' own arguments happen here, before the constructors run, so an
 error always names the config entry (the constructors keep their own checks for Python use).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

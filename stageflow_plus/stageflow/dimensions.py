@@ -11,14 +11,15 @@ silently switch a TPM limit off. Two guards:
   when the config declares no cost that charges a bucket's dimension) logs a warning on the
   ``stageflow_plus`` logger the first time a call comes with no cost for it.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..interceptors.call import ToolCall
 from ..interceptors.part import LimitPart
@@ -28,7 +29,9 @@ from ..primitives.resources import Resource
 __all__ = [
     "KNOWN_DIMENSIONS",
     "UnchargedDimensionWatch",
+    "bucket_dimensions",
     "check_dimension",
+    "dimension_watch",
     "register_dimension",
 ]
 
@@ -112,3 +115,49 @@ class UnchargedDimensionWatch(LimitPart):
 
     def __repr__(self) -> str:
         return f"UnchargedDimensionWatch(pending={list(self._pending)!r})"
+
+
+def bucket_dimensions(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Every non-``requests`` dimension of a checked config's rates → the entry naming it."""
+    found: dict[str, str] = {}
+    rate = cfg.get("rate", {})
+    sources = [("stageflow_plus.rate.rates", rate.get("rates", []))]
+    sources += [(f"stageflow_plus.rate.per_key_rates.{k}", v)
+                for k, v in rate.get("per_key_rates", {}).items()]
+    for where, items in sources:
+        for index, item in enumerate(items):
+            dimension = item.get("dimension", "requests")
+            if dimension != "requests":
+                found.setdefault(dimension, f"{where}[{index}].dimension")
+    return found
+
+
+def dimension_watch(
+    cfg: Mapping[str, Any],
+    cost_sections: Mapping[str, Callable[[Mapping[str, Any]], Iterable[str]]],
+) -> UnchargedDimensionWatch | None:
+    """A watch for the configured rates' dimensions, or ``None``.
+
+    :param cost_sections: the sections that declare costs and the dimensions each charges.
+    :raises ConfigError: with declared costs in ``cfg``, a dimension none of them charges.
+    """
+    dimensions = bucket_dimensions(cfg)
+    if not dimensions:
+        return None
+    declaring = [section for section in cost_sections if section in cfg]
+    if declaring:
+        charged = {"requests"}
+        for section in declaring:
+            charged.update(cost_sections[section](cfg[section]))
+        for dimension, where in dimensions.items():
+            if dimension not in charged:
+                raise ConfigError(
+                    f"{where} = {dimension!r}: no declared cost charges it (charged: "
+                    f"{', '.join(sorted(charged))}, from "
+                    f"{', '.join('stageflow_plus.' + s for s in declaring)}), so this bucket "
+                    "would limit nothing"
+                )
+        return None
+    return UnchargedDimensionWatch(
+        dimensions, where=", ".join(sorted(set(dimensions.values())))
+    )

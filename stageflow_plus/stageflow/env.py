@@ -9,7 +9,7 @@ The config variables merge into the file/dict config entry by entry, never repla
 table: ``STAGEFLOW_PLUS_RPM`` replaces the per-minute ``requests`` rate of ``[rate]`` (or
 adds one) and keeps every other rate, e.g. the TPM bucket. An empty value counts as unset.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -101,8 +101,6 @@ def call_scope(scope: CallScope | None = None, **fields: Any) -> Iterator[CallSc
       ``fields``, they are applied over ``scope``).
 
     :raises ConfigError: an unknown field or a value of the wrong type.
-
-    .. versionchanged:: 0.2.0 fields merge into the enclosing scope (they replaced it).
     """
     unknown = sorted(set(fields) - _FIELDS)
     if unknown:
