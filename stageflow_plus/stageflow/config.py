@@ -75,10 +75,11 @@ from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
 from .config_schema import MOVED, check_sections, max_priority_of, normalize_rates
 from .dimensions import dimension_watch
-from .env import ENV_PREFIX, apply_env, redact_url
+from .env import ENV_PREFIX, apply_env
 from .order import check_order
 from .overrides import Ceilings
 from .plugins import load_interceptor
+from .redact import redact_error, redact_url, show
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
 
 __all__ = [
@@ -140,7 +141,7 @@ def load_config(
     seconds (``"600/minute"`` → ``{"limit": 600, "per": 60.0}``).
 
     :raises ConfigError: unreadable file, unknown section, key or variable, wrong type or
-        range — naming the entry and the value.
+        range — naming the entry and the value (URL credentials hidden).
     """
     return _load(source, env)[0]
 
@@ -149,9 +150,20 @@ def _load(
     source: Mapping[str, Any] | str | os.PathLike[str] | None, env: Mapping[str, str] | None
 ) -> tuple[dict[str, Any], list[str]]:
     """The checked config and the environment variables merged into it."""
+    try:
+        return _load_unredacted(source, env)
+    except ConfigError as error:
+        redact_error(error)
+        raise
+
+
+def _load_unredacted(
+    source: Mapping[str, Any] | str | os.PathLike[str] | None, env: Mapping[str, str] | None
+) -> tuple[dict[str, Any], list[str]]:
     environ = os.environ if env is None else env
     if not isinstance(environ, Mapping):
-        raise ConfigError(f"env must be a mapping of variable names to strings, got {environ!r}")
+        raise ConfigError("env must be a mapping of variable names to strings, "
+                          f"got {type(environ).__name__}")
     if source is None and environ.get(f"{ENV_PREFIX}CONFIG"):
         source = environ[f"{ENV_PREFIX}CONFIG"]
     if source is None:
@@ -160,7 +172,7 @@ def _load(
         config = _deep_copy(source.get("stageflow_plus", source))
         where = "the config's stageflow_plus" if "stageflow_plus" in source else "the config"
         if not isinstance(config, dict):
-            raise ConfigError(f"{where} must be a table, got {config!r}")
+            raise ConfigError(f"{where} must be a table, got {show(config)}")
     elif isinstance(source, (str, os.PathLike)):
         config = _read_toml(Path(source))
     else:
@@ -186,7 +198,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from error
     config = _deep_copy(raw.get("stageflow_plus", raw))
     if not isinstance(config, dict):
-        raise ConfigError(f"stageflow_plus in {str(path)!r} must be a table, got {config!r}")
+        raise ConfigError(f"stageflow_plus in {str(path)!r} must be a table, got {show(config)}")
     return config
 
 
@@ -201,7 +213,7 @@ def _deep_copy(value: Any) -> Any:
 def _check_keys(config: Mapping[str, Any]) -> None:
     for section, value in config.items():
         if not isinstance(section, str):
-            raise ConfigError(f"stageflow_plus: section names are strings, got {section!r}")
+            raise ConfigError(f"stageflow_plus: section names are strings, got {show(section)}")
         known = SECTIONS.get(section)
         if known is None:
             if section in MOVED:
@@ -212,7 +224,7 @@ def _check_keys(config: Mapping[str, Any]) -> None:
         if section in ("stageflow_defaults", "plugins"):
             continue  # not tables: check_sections checks their values
         if not isinstance(value, Mapping):
-            raise ConfigError(f"stageflow_plus.{section} must be a table, got {value!r}")
+            raise ConfigError(f"stageflow_plus.{section} must be a table, got {show(value)}")
         if known:
             for key in value:
                 if key not in known:
@@ -285,8 +297,22 @@ def build(
     :param config: a mapping, a TOML path, or ``None`` (environment only).
     :param clock: for every limiter and deadline (default: the loop's clock).
     :param extra: more stage interceptors to include as they are.
-    :raises ConfigError: invalid config or an order that breaks coordination.
+    :raises ConfigError: invalid config or an order that breaks coordination (URL
+        credentials hidden in the message).
     """
+    try:
+        return _build(config, env, clock, extra)
+    except ConfigError as error:
+        redact_error(error)
+        raise
+
+
+def _build(
+    config: Mapping[str, Any] | str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    clock: Clock | Callable[[], float] | None,
+    extra: Sequence[BaseInterceptor],
+) -> StageflowPlus:
     cfg, from_env = _load(config, env)
     ceilings = _ceilings(cfg)
     steps: list[Any] = []
@@ -347,7 +373,7 @@ def build(
         plugin_options = plugin_options_by_name.get(name, {})
         if not isinstance(plugin_options, Mapping):
             raise ConfigError(f"stageflow_plus.plugin_options.{name} must be a table, "
-                              f"got {plugin_options!r}")
+                              f"got {show(plugin_options)}")
         stack.append(load_interceptor(name, plugin_options))
     unused = set(plugin_options_by_name) - set(cfg.get("plugins", []))
     if unused:

@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..primitives.errors import ConfigError
-from .env import ENV_PREFIX, redact_url
+from .env import ENV_PREFIX
+from .redact import redact_url
 
 __all__ = ["REDACTED", "check_config", "effective_toml", "redact", "show_config"]
 

@@ -24,6 +24,7 @@ from ..primitives.admission import Shedding
 from ..primitives.errors import ConfigError
 from ..primitives.rate import Rate, period_seconds
 from .dimensions import check_dimension
+from .redact import show
 
 __all__ = [
     "DEFAULT_MAX_PRIORITY",
@@ -50,8 +51,7 @@ MOVED: dict[str, str] = {
 """Entries that moved, with where they went (0.x: no alias, but the error says it)."""
 
 
-def _show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})" if isinstance(value, str) else repr(value)
+_show = show
 
 
 def boolean(value: Any, where: str) -> bool:

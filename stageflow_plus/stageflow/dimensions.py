@@ -25,6 +25,7 @@ from ..interceptors.call import ToolCall
 from ..interceptors.part import LimitPart
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Resource
+from .redact import show
 
 __all__ = [
     "KNOWN_DIMENSIONS",
@@ -49,7 +50,7 @@ KNOWN_DIMENSIONS: dict[str, str] = {
 def register_dimension(name: str, meaning: str = "") -> None:
     """Register a cost dimension name, so :func:`check_dimension` knows it is no typo."""
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"a dimension name must be a non-empty string, got {name!r}")
+        raise ConfigError(f"a dimension name must be a non-empty string, got {show(name)}")
     KNOWN_DIMENSIONS[name] = meaning
 
 
@@ -60,7 +61,8 @@ def check_dimension(name: object, where: str) -> str:
         registered name (a likely typo: the message says which one was meant).
     """
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{where} must be a non-empty string (a cost dimension), got {name!r}")
+        raise ConfigError(f"{where} must be a non-empty string (a cost dimension), "
+                          f"got {show(name)}")
     if name in KNOWN_DIMENSIONS:
         return name
     lowered = {known.lower(): known for known in KNOWN_DIMENSIONS}

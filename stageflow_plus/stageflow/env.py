@@ -14,13 +14,13 @@ adds one) and keeps every other rate, e.g. the TPM bucket. An empty value counts
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .._accel import PURE_ENV
 from ..primitives.errors import ConfigError
+from .redact import show
 
 __all__ = [
     "ENV_PREFIX",
@@ -28,7 +28,6 @@ __all__ = [
     "EnvVar",
     "apply_env",
     "check_env_names",
-    "redact_url",
 ]
 
 ENV_PREFIX = "STAGEFLOW_PLUS_"
@@ -59,20 +58,6 @@ ENV_VARS: dict[str, EnvVar] = {
     "STAGEFLOW_PLUS_VENV": EnvVar("the virtualenv scripts/test.sh and .ci/run use"),
 }
 """Every ``STAGEFLOW_PLUS_*`` variable, by name (the one list; add new ones here)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (or a user-only token) replaced by ``***``:
-    ``redis://:secret@host/0`` → ``redis://:***@host/0``."""
-
-    def hide(match: re.Match[str]) -> str:
-        user, colon, _secret = match.group(2).partition(":")
-        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
-
-    return _CREDENTIALS.sub(hide, url)
-
-
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 
 
 def check_env_names(environ: Mapping[str, str]) -> None:
@@ -110,7 +95,7 @@ def _table(config: dict[str, Any], section: str, name: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(
             f"environment variable {name} sets stageflow_plus.{section}, but the config's "
-            f"stageflow_plus.{section} is not a table: {table!r}"
+            f"stageflow_plus.{section} is not a table: {show(table)}"
         )
     return table
 
@@ -124,7 +109,7 @@ def _merge_rate(config: dict[str, Any], name: str, value: int, dimension: str) -
     if not isinstance(rates, list):
         raise ConfigError(
             f"environment variable {name} merges into stageflow_plus.rate.rates, which must "
-            f"be a list of rates, got {rates!r}"
+            f"be a list of rates, got {show(rates)}"
         )
     merged: list[Any] = []
     replaced = False

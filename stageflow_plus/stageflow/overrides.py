@@ -46,6 +46,7 @@ import structlog
 
 from ..primitives.errors import ConfigError
 from .dimensions import check_dimension
+from .redact import redact_text
 
 __all__ = [
     "MIN_PRIORITY",
@@ -122,7 +123,8 @@ class Ceilings:
                 isinstance(k, str) and k for k in value
             ):
                 raise ConfigError(
-                    f"Ceilings.{name} must be a mapping with non-empty str keys, got {value!r}"
+                    f"Ceilings.{name} must be a mapping with non-empty str keys, "
+                    f"got {_short(value)}"
                 )
         for tenant, ceiling in self.tenant_max_priority.items():
             _int(ceiling, f"Ceilings.tenant_max_priority[{tenant!r}]")
@@ -145,7 +147,7 @@ class Ceilings:
             _number(self.max_wait_ms, "Ceilings.max_wait_ms", positive=True, error=ConfigError)
         if self.on_excess not in ("clamp", "error"):
             raise ConfigError(
-                f"Ceilings.on_excess must be 'clamp' or 'error', got {self.on_excess!r}"
+                f"Ceilings.on_excess must be 'clamp' or 'error', got {_short(self.on_excess)}"
             )
 
     def priority_ceiling(self, tenant: str) -> int:
@@ -163,7 +165,7 @@ class Ceilings:
         if claimed is not None:
             if not isinstance(claimed, str) or not claimed:
                 raise OverrideError(
-                    f"ctx.data['_tenant'] must be a non-empty str, got {claimed!r}"
+                    f"ctx.data['_tenant'] must be a non-empty str, got {_short(claimed)}"
                 )
             granted = self.tenants_by_org.get(identity, frozenset())
             if claimed != identity and claimed not in granted:
@@ -226,9 +228,9 @@ def read_overrides(
         if ceiling is None or value <= ceiling:
             return value
         if ceilings.on_excess == "error":
-            raise OverrideError(
-                f"ctx.data[{key!r}] = {value!r} exceeds the operator's ceiling {ceiling!r}"
-            )
+            top, _, dim = key.partition(".")
+            where = f"ctx.data[{top!r}]" + (f"[{dim!r}]" if dim else "")
+            raise OverrideError(f"{where} = {value!r} exceeds the operator's ceiling {ceiling!r}")
         clamped.append(key)
         log.warning("stageflow_plus.override_clamped", key=key, asked=value, ceiling=ceiling)
         return ceiling
@@ -290,7 +292,7 @@ def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 
 def _short(value: Any) -> str:
-    return reprlib.repr(value)
+    return redact_text(reprlib.repr(value))  # a run's data may hold anything
 
 
 def _int(
@@ -313,7 +315,7 @@ def _number(
     except OverflowError:  # an int beyond any float
         number = math.inf
     if math.isnan(number):
-        raise error(f"{where} must be a number, got {value!r}")
+        raise error(f"{where} must be a number, got {_short(value)}")
     if math.isinf(number) or number < 0 or (positive and number == 0):
         raise error(f"{where} must be a finite number {'>' if positive else '>='} 0, "
                     f"got {_short(value)}")

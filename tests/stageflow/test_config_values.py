@@ -339,3 +339,31 @@ def test_a_good_config_builds_the_limits_it_says(tmp_path: Path) -> None:
 def test_a_chain_built_by_hand_keeps_working() -> None:
     chain = ToolCallChain([TokenBucketRateLimiter(Rate.per_minute(60))])
     assert chain.gate is not None
+
+
+@pytest.mark.parametrize(
+    ("config", "env"),
+    [
+        ({"concurrency": {"limit": "redis://:hunter2@127.0.0.1/0"}}, {}),
+        ({"concurrency": {"redis://u:hunter2@h/0": 1}}, {}),
+        ({"backend": {"url": "ftp://u:hunter2@h/0"}}, {}),
+        ({}, {"STAGEFLOW_PLUS_BACKEND": "ftp://:hunter2@h/0"}),
+        ({}, {"STAGEFLOW_PLUS_BACKEND": "redis://:hunter2@h:99999/0"}),
+    ],
+)
+def test_config_errors_never_echo_a_url_password(config: dict[str, Any],
+                                                  env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        sfp.build(config, env=env)
+    error: BaseException | None = raised.value
+    assert "***" in str(error)
+    while error is not None:
+        assert "hunter2" not in str(error), str(error)
+        error = error.__cause__ or error.__context__
+
+
+def test_an_excessive_per_run_rate_names_its_ctx_data_entry() -> None:
+    with pytest.raises(sfp.OverrideError, match=r"ctx.data\['_rates'\]\['requests'\] = 2\.0 "
+                                                r"exceeds the operator's ceiling 1\.0"):
+        read_overrides({"_rates": {"requests": 2.0}},
+                       Ceilings(max_rates={"requests": 1.0}, on_excess="error"))
