@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -303,10 +304,10 @@ class LimitAwareCircuitBreaker(CircuitBreakerInterceptor):
             failure_threshold < 1
         ):
             raise ConfigError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, (int, float)) or (
-            reset_timeout <= 0
+        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, (int, float)) or not (
+            0 < reset_timeout < math.inf  # (nan fails this too)
         ):
-            raise ConfigError(f"reset_timeout must be a number > 0, got {reset_timeout!r}")
+            raise ConfigError(f"reset_timeout must be a finite number > 0, got {reset_timeout!r}")
         self.failure_threshold = failure_threshold
         self.reset_timeout = float(reset_timeout)
         self.clock = as_clock(clock)

@@ -128,6 +128,9 @@ class Ceilings:
                 )
         for tenant, ceiling in self.tenant_max_priority.items():
             _int(ceiling, f"Ceilings.tenant_max_priority[{tenant!r}]")
+            if ceiling < self.default_priority:
+                raise ConfigError(f"Ceilings.tenant_max_priority[{tenant!r}] ({ceiling}) is below "
+                                  f"Ceilings.default_priority ({self.default_priority})")
         if self.tenants is not None:
             object.__setattr__(self, "tenants", _names(self.tenants, "Ceilings.tenants"))
         object.__setattr__(self, "tenants_by_org", MappingProxyType({

@@ -160,3 +160,20 @@ async def test_run_queue_bound_and_max_wait() -> None:
     assert queued.result().success and probe.max_in_flight == 1
     stats = chain.statistics()
     assert stats is not None and dict(stats.rejected) == {"queue_full": 1, "wait_timeout": 1}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"default_priority": 3, "max_priority": 2}, r"default_priority \(3\) is above"),
+        ({"default_priority": 2, "max_priority": 5, "tenant_max_priority": {"free": 1}},
+         r"tenant_max_priority\['free'\] \(1\) is below Ceilings.default_priority \(2\)"),
+        ({"tenant_max_priority": [("a", 1)]}, r"tenant_max_priority must be a mapping"),
+        ({"max_rates": {"requests": float("inf")}}, r"max_rates\['requests'\] must be a finite"),
+        ({"tenants_by_org": {"org": "acme"}}, r"tenants_by_org\['org'\] must be a list of names"),
+    ],
+)
+def test_ceilings_refuse_inconsistent_or_mistyped_values(options: dict[str, Any],
+                                                         message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Ceilings(**options)

@@ -465,3 +465,10 @@ def test_a_run_override_applies_in_a_config_without_its_limiter_table() -> None:
     with pytest.raises(Exception) as raised:
         run_virtual(run({"_rates": {"requests": 5}}))
     assert "'rates' needs a TokenBucketRateLimiter" in _all_messages(raised.value)
+
+
+@pytest.mark.parametrize("reset_timeout", [float("nan"), float("inf"), 0, True, "30"])
+def test_the_stage_breaker_refuses_a_reset_timeout_it_could_never_reach(
+        reset_timeout: Any) -> None:
+    with pytest.raises(ConfigError, match="reset_timeout must be a finite number > 0"):
+        LimitAwareCircuitBreaker(reset_timeout=reset_timeout)
