@@ -311,7 +311,32 @@ def check_sections(config: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[section] = value
     _check_priorities(out)
+    _check_unreachable(out)
     return out
+
+
+def _check_unreachable(config: Mapping[str, Any]) -> None:
+    """Refuse entries no call could ever reach (they would be silently ignored)."""
+    rate = config.get("rate", {})
+    if rate.get("per_key_rates") and rate.get("key", "global") == "global":
+        raise ConfigError(
+            "stageflow_plus.rate.per_key_rates: with key = 'global' every call shares one "
+            "set of buckets, so no per-key rate would ever apply; set key = 'tool' or "
+            "'tenant', or put the rates in stageflow_plus.rate.rates"
+        )
+    tenants = config.get("ceilings", {}).get("tenants")
+    if tenants is None:
+        return
+    for where, table in (("ceilings.tenant_max_priority",
+                          config.get("ceilings", {}).get("tenant_max_priority", {})),
+                         ("priority.weights", config.get("priority", {}).get("weights", {}))):
+        for tenant in table:
+            if tenant not in tenants:
+                raise ConfigError(
+                    f"stageflow_plus.{where}.{tenant}: tenant {tenant!r} is not in "
+                    f"stageflow_plus.ceilings.tenants ({', '.join(tenants)}), so no run can "
+                    "have it"
+                )
 
 
 DEFAULT_MAX_PRIORITY = 9

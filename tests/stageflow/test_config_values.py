@@ -113,13 +113,14 @@ def test_a_rate_without_its_period_is_refused_and_strings_say_it() -> None:
         sfp.build({"rate": {"rates": [{"limit": "600/minute", "per": 60}]}}, env={})
     plus = sfp.build({"rate": {"rates": ["600/minute", {"limit": 90000, "per": "minute",
                                                         "dimension": "tokens", "burst": 9000}],
-                               "per_key_rates": {"*": "10/s"}}}, env={})
+                               "key": "tool", "per_key_rates": {"search": "10/s"}}}, env={})
     assert plus.config["rate"]["rates"] == [
         {"limit": 600, "per": 60.0},
         {"limit": 90000, "per": 60.0, "dimension": "tokens", "burst": 9000},
     ]
     rate = next(s for s in plus.chain.interceptors if isinstance(s, TokenBucketRateLimiter))
-    assert [b.rate for b in rate.buckets_for("*", 0.0)] == [10.0]  # per_key_rates for "*"
+    assert [b.rate for b in rate.buckets_for("search", 0.0)] == [10.0]  # its own rate
+    assert [b.rate for b in rate.buckets_for("fetch", 0.0)] == [10.0, 1500.0]
 
 
 async def test_rate_without_key_is_one_global_bucket_whatever_the_tool() -> None:
@@ -231,6 +232,24 @@ def test_one_priority_ceiling_knob_and_a_fair_queue_makes_priorities_work() -> N
         sfp.build({"priority": {}, "ceilings": {"default_priority": 10}}, env={})
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"rate": {"rates": ["10/s"], "per_key_rates": {"search": "1/s"}}},
+         r"stageflow_plus\.rate\.per_key_rates: with key = 'global' every call shares one "
+         r"set of buckets"),
+        ({"ceilings": {"tenants": ["a"], "tenant_max_priority": {"b": 3}}},
+         r"stageflow_plus\.ceilings\.tenant_max_priority\.b: tenant 'b' is not in "
+         r"stageflow_plus\.ceilings\.tenants \(a\)"),
+        ({"priority": {"weights": {"b": 2}}, "ceilings": {"tenants": ["a"]}},
+         r"stageflow_plus\.priority\.weights\.b: tenant 'b' is not in"),
+    ],
+)
+def test_entries_no_call_can_reach_are_refused(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        sfp.build(config, env={})
+
+
 def test_the_interceptor_priorities_section_is_renamed_with_a_guiding_error() -> None:
     with pytest.raises(ConfigError, match=r"stageflow_plus\.priorities: stageflow_plus\."
                                           r"priorities was renamed stageflow_plus\."
@@ -245,7 +264,7 @@ def test_the_interceptor_priorities_section_is_renamed_with_a_guiding_error() ->
 GOOD: dict[str, dict[str, Any]] = {
     "concurrency": {"limit": 4, "per_tool": {"search": 2}, "per_run": 2, "per_tenant": 3},
     "rate": {"rates": ["10/s"], "key": "tenant", "per_key_rates": {"acme": ["5/s"]}},
-    "priority": {"aging_interval": 0.5, "weights": {"acme": 2}, "default_weight": 1,
+    "priority": {"aging_interval": 0.5, "weights": {"a": 2}, "default_weight": 1,
                  "fair_cost": "tokens"},
     "backpressure": {"max_queue": 10, "max_queue_per_key": 5, "shedding": "evict_oldest",
                      "deadline_aware": False, "max_wait": 2.5},
@@ -273,8 +292,7 @@ def _accepted(section: str, key: str, value: Any) -> bool:
                ("tool_breaker", "failure_threshold"): 1, ("tool_breaker", "half_open_calls"): 1,
                ("circuit_breaker", "failure_threshold"): 1, ("ceilings", "max_concurrency"): 1}
     tables_of_numbers = {("concurrency", "per_tool"), ("concurrency", "per_tenant"),
-                         ("priority", "weights"), ("ceilings", "tenant_max_priority"),
-                         ("ceilings", "max_rates")}
+                         ("ceilings", "max_rates")}  # (weights name tenants: 'x' is unknown)
     if (section, key) in tables_of_numbers and value == {"x": 1}:
         return True
     if (section, key) in ints_ge:
