@@ -7,6 +7,7 @@ Run: python examples/pipeline_config.py
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import stageflow_plus
 from stageflow_plus.testing import ConcurrencyProbe, SimpleAction
 
 CONFIG = Path(__file__).with_name("limits.toml")
+ACME = uuid.UUID("00000000-0000-0000-0000-000000000ac3")  # an org id, as Stageflow gives it
 
 
 class Lookup(BaseTool):
@@ -58,9 +60,16 @@ async def main() -> None:
         interceptors=plus.interceptors)
     results = await asyncio.gather(
         graph.run(PipelineContext(data={"_priority": 1})),
-        graph.run(PipelineContext(data={"_priority": 9, "_tenant": "premium"})),  # clamped to 5
+        # acme is granted tenant "premium", whose ceiling is 5: priority 9 is clamped to 5
+        graph.run(PipelineContext(data={"_priority": 9, "_tenant": "premium"}, org_id=ACME)),
     )
     assert all(r["answer"].data["found"] == 10 for r in results)
+    try:  # any other org claiming "premium" is refused, not silently promoted
+        await graph.run(PipelineContext(data={"_tenant": "premium"}))
+    except Exception as error:
+        print(f"an org that was not granted 'premium' is refused: {type(error).__name__}")
+    else:
+        raise AssertionError("a tenant claim must be refused")
     assert probe.max_in_flight <= 4
     print(f"2 runs x 10 calls; max in flight {probe.max_in_flight} (config: 4); interceptors: "
           + ", ".join(type(i).__name__ for i in plus.interceptors))

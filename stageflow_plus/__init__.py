@@ -87,6 +87,7 @@ from .stageflow import (
     current_scope,
     load_config,
     load_interceptor,
+    register_dimension,
     run_batch,
 )
 
@@ -170,5 +171,6 @@ __all__ = [
     "limits_from_provider",
     "load_config",
     "load_interceptor",
+    "register_dimension",
     "run_batch",
 ]

@@ -1,4 +1,12 @@
-"""The ``stageflow-plus`` command: ``demo`` and ``bench``.
+"""The ``stageflow-plus`` command: ``demo``, ``bench`` and ``config``.
+
+* ``stageflow-plus --version`` — the installed version.
+* ``stageflow-plus config check FILE`` — build the pipeline config in ``FILE`` (with the
+  ``STAGEFLOW_PLUS_*`` environment applied, as ``build()`` would): exit 0 and a one-line
+  summary, or exit 1 and the :class:`~stageflow_plus.ConfigError` naming the entry.
+* ``stageflow-plus config show [FILE]`` — the effective config after the environment, as
+  TOML (credentials in URLs and secret-named keys redacted); without ``FILE``,
+  ``STAGEFLOW_PLUS_CONFIG`` or the environment alone.
 
 * ``stageflow-plus demo`` — a small side-by-side comparison against the in-process loopback
   provider (under a minute), printing the table.
@@ -21,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 __all__ = ["main"]
 
 
@@ -29,8 +39,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="stageflow-plus",
         description="Concurrency, priority, rate limits and backpressure for Stageflow tools.",
     )
+    parser.add_argument("--version", action="version", version=f"stageflow-plus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="a one-minute comparison of limiting strategies")
+    config = commands.add_parser("config", help="check or show a pipeline config")
+    actions = config.add_subparsers(dest="action", required=True)
+    check = actions.add_parser("check", help="build FILE's config: exit 0, or 1 naming the entry")
+    check.add_argument("file", metavar="FILE", help="a TOML file ([stageflow_plus] table)")
+    show = actions.add_parser("show", help="the effective config after the environment")
+    show.add_argument("file", metavar="FILE", nargs="?",
+                      help="a TOML file (default: STAGEFLOW_PLUS_CONFIG, else none)")
     bench = commands.add_parser("bench", help="run the benchmarks")
     bench.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON here")
@@ -61,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stageflow-plus`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "config":
+            from .stageflow.config_report import check_config, show_config
+
+            return check_config(args.file) if args.action == "check" else show_config(args.file)
         if args.command == "demo":
             from .bench.run import run_demo
 

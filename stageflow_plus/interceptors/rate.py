@@ -65,8 +65,9 @@ class TokenBucketRateLimiter(LimitPart):
     :param rates: the :class:`~stageflow_plus.primitives.resources.Rate` s of every key —
         a ``Rate(dimension="requests")`` costs 1 per call, a ``Rate(dimension="tokens")``
         costs ``call.cost["tokens"]`` (0 when the call gives no estimate).
-    :param key: what the buckets are per: ``"global"``, ``"tool"`` (default), ``"tenant"``,
-        or a function of the call (e.g. the provider or model name).
+    :param key: what the buckets are per: ``"global"`` (default: one set of buckets for
+        every call, which is what a provider's quota is), ``"tool"``, ``"tenant"``, or a
+        function of the call (e.g. the provider or model name).
     :param per_key_rates: different rates for particular keys.
     :param actual_cost: reads the actual cost from a tool result (e.g. the tokens a provider
         billed); the difference to the estimate is charged or refunded at once, so the next
@@ -98,7 +99,7 @@ class TokenBucketRateLimiter(LimitPart):
         self,
         rates: Rate | Sequence[Rate],
         *,
-        key: str | Callable[[ToolCall], str] = "tool",
+        key: str | Callable[[ToolCall], str] = "global",
         per_key_rates: Mapping[str, Rate | Sequence[Rate]] | None = None,
         actual_cost: Callable[[Any], Mapping[str, float] | None] | None = None,
         retry_after: Callable[[Any], float | None] | None = default_retry_after,

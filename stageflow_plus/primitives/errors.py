@@ -17,10 +17,12 @@ mistaken for cancellation. The tree is two levels deep::
         ├── LimiterClosed           the limiter was closed while the call waited
         └── BackendUnavailable      Redis unreachable under ``fail_closed`` (backends)
 
-Elsewhere, also under :class:`StageflowPlusError`: ``OverrideError`` and
+Elsewhere, also under :class:`StageflowPlusError`: ``OverrideError`` (and its
+``InvalidRunOverride``, also Stageflow's ``CriticalInterceptorError``) and
 ``UnknownInterceptor`` (config errors of the Stageflow integration), ``WriteConflict`` and
 ``VersionConflict`` (output bag; also Stageflow ``OutputConflictError``), ``ToolFailed`` and
-``BatchFailed`` (parallel batches).
+``BatchFailed`` (parallel batches). Every exception class the package exports is one
+(``tests/test_errors.py`` walks every module).
 
 .. versionadded:: 0.1.0
 """

@@ -10,6 +10,7 @@ from .adapters import (
     InvalidRunOverride,
     LimitAwareCircuitBreaker,
     PartialResults,
+    RefusalRecord,
     StageLimitInterceptor,
 )
 from .batch import (
@@ -21,8 +22,11 @@ from .batch import (
     ToolFailed,
     run_batch,
 )
-from .config import StageflowPlus, build, check_order, load_config
+from .config import StageflowPlus, build, load_config
+from .dimensions import KNOWN_DIMENSIONS, UnchargedDimensionWatch, register_dimension
+from .env import ENV_VARS
 from .events import StageflowEventListener
+from .order import check_order
 from .output_bag import BagStatistics, ToolResultBag, VersionConflict, Versioned, WriteConflict
 from .overrides import OVERRIDE_KEYS, Ceilings, OverrideError, RunOverrides, read_overrides
 from .plugins import (
@@ -42,6 +46,8 @@ from .tools import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ENV_VARS",
+    "KNOWN_DIMENSIONS",
     "OVERRIDE_KEYS",
     "PARTIAL_KEY",
     "REFUSED_KEY",
@@ -61,6 +67,7 @@ __all__ = [
     "LimitedToolRegistry",
     "OverrideError",
     "PartialResults",
+    "RefusalRecord",
     "RunOverrides",
     "StageLimitInterceptor",
     "StageflowEventListener",
@@ -68,6 +75,7 @@ __all__ = [
     "Strategy",
     "ToolFailed",
     "ToolResultBag",
+    "UnchargedDimensionWatch",
     "UnknownInterceptor",
     "VersionConflict",
     "Versioned",
@@ -81,5 +89,6 @@ __all__ = [
     "load_config",
     "load_interceptor",
     "read_overrides",
+    "register_dimension",
     "run_batch",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidRunOverride",
     "LimitAwareCircuitBreaker",
     "PartialResults",
+    "RefusalRecord",
     "StageLimitInterceptor",
 ]
 
@@ -64,11 +66,21 @@ REFUSED_KEY = "_stageflow_plus.refused.{stage}"
 _STAGEFLOW_TIMEOUT = "Stage timed out after "  # the error of a stage Stageflow timed out
 
 
-class InvalidRunOverride(CriticalInterceptorError):
+class InvalidRunOverride(CriticalInterceptorError, OverrideError):
     """A run's ``ctx.data`` override is invalid; the stage does not run (raised, not logged).
 
     Stageflow swallows ordinary exceptions from ``before()``; this one is critical so a bad
-    override is never silently ignored. The :class:`OverrideError` is its ``__cause__``.
+    override is never silently ignored. It is both a Stageflow ``CriticalInterceptorError``
+    and an :class:`OverrideError` (hence a ``StageflowPlusError``: one exception root); the
+    original :class:`OverrideError` is its ``__cause__``.
+    """
+
+
+class RefusalRecord(dict[str, Any]):
+    """What ``ctx.data[REFUSED_KEY]`` holds when one of our limiters refused the stage.
+
+    A distinct type, so a run cannot hide its stage's failures from
+    :class:`LimitAwareCircuitBreaker` by putting a look-alike dict under that key.
     """
 
 
@@ -93,14 +105,14 @@ def _stage_deadline(stage: str, ctx: Any, now: float) -> float | None:
     return None
 
 
-def _default_tenant(ctx: Any) -> str:
-    org = getattr(ctx, "org_id", None)
-    return str(org) if org is not None else "default"
+def _org(ctx: Any) -> str | None:
+    org = getattr(ctx, "org_id", None)  # trusted context, unlike ctx.data
+    return str(org) if org is not None else None
 
 
 def _run_overrides(owner: str, stage: str, ctx: Any, ceilings: Ceilings) -> RunOverrides:
     try:
-        return read_overrides(ctx.data, ceilings, default_tenant=_default_tenant(ctx))
+        return read_overrides(ctx.data, ceilings, org=_org(ctx))
     except OverrideError as error:
         raise InvalidRunOverride(f"stage {stage!r}: {error}", interceptor_name=owner) from error
 
@@ -226,7 +238,7 @@ class StageLimitInterceptor(BaseInterceptor):
                 info=stage_name,
             )
         except Rejected as error:
-            ctx.data[REFUSED_KEY.format(stage=stage_name)] = error.to_dict()
+            ctx.data[REFUSED_KEY.format(stage=stage_name)] = RefusalRecord(error.to_dict())
             log.warning("stage.rejected", stage=stage_name, **error.to_dict())
             return InterceptorResult(stage_ran=False, error=f"stageflow-plus: {error}")
         task = asyncio.current_task()
@@ -292,10 +304,10 @@ class LimitAwareCircuitBreaker(CircuitBreakerInterceptor):
             failure_threshold < 1
         ):
             raise ConfigError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
-        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, (int, float)) or (
-            reset_timeout <= 0
+        if isinstance(reset_timeout, bool) or not isinstance(reset_timeout, (int, float)) or not (
+            0 < reset_timeout < math.inf  # (nan fails this too)
         ):
-            raise ConfigError(f"reset_timeout must be a number > 0, got {reset_timeout!r}")
+            raise ConfigError(f"reset_timeout must be a finite number > 0, got {reset_timeout!r}")
         self.failure_threshold = failure_threshold
         self.reset_timeout = float(reset_timeout)
         self.clock = as_clock(clock)
@@ -315,8 +327,8 @@ class LimitAwareCircuitBreaker(CircuitBreakerInterceptor):
         return None
 
     async def after(self, stage_name: str, result: Any, ctx: Any) -> None:
-        if REFUSED_KEY.format(stage=stage_name) in ctx.data:
-            return  # our refusal: no verdict on the downstream
+        if type(ctx.data.get(REFUSED_KEY.format(stage=stage_name))) is RefusalRecord:
+            return  # our refusal (not a run's look-alike): no verdict on the downstream
         if getattr(result, "error", None) == f"Circuit breaker open for {stage_name}":
             return  # our own short-circuit
         await super().after(stage_name, result, ctx)
@@ -326,7 +338,7 @@ class LimitAwareCircuitBreaker(CircuitBreakerInterceptor):
         # one failure counted twice. We count it once, in after(); here we only mark refusals.
         refusal = _find_refusal(error)
         if refusal is not None:
-            ctx.data[REFUSED_KEY.format(stage=stage_name)] = refusal.to_dict()
+            ctx.data[REFUSED_KEY.format(stage=stage_name)] = RefusalRecord(refusal.to_dict())
         return ErrorAction.FAIL
 
     def _record_failure(self, stage_name: str) -> None:

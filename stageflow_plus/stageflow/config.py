@@ -8,18 +8,25 @@ environment variables) with these sections, every key optional::
     plugins = ["acme_audit"]           # more interceptors, by entry-point name
 
     [stageflow_plus.concurrency]       # ConcurrencyLimiter: limit, per_tool, per_run, per_tenant
-    [stageflow_plus.rate]              # TokenBucketRateLimiter: rates = [{limit, per, burst,
-                                       #   dimension, start_full}], key, per_key_rates
+    [stageflow_plus.rate]              # TokenBucketRateLimiter: rates = ["600/minute",
+                                       #   {limit, per, burst, dimension, start_full}],
+                                       #   key ("global" by default), per_key_rates
     [stageflow_plus.priority]          # PriorityFairQueue: aging_interval, weights, ...
     [stageflow_plus.backpressure]      # Backpressure: max_queue, shedding, max_wait, ...
     [stageflow_plus.tool_breaker]      # ToolCircuitBreaker: failure_threshold, reset_timeout
     [stageflow_plus.circuit_breaker]   # the stage breaker: failure_threshold, reset_timeout
     [stageflow_plus.stage_limits]      # stage name = most concurrent runs
-    [stageflow_plus.ceilings]          # Ceilings for per-run ctx.data overrides
-    [stageflow_plus.priorities]        # call_scope = 8, stage_limit = 12 (stage interceptors)
+    [stageflow_plus.ceilings]          # what runs may ask in ctx.data: max_priority (the one
+                                       #   priority ceiling), tenants_by_org, ...
+    [stageflow_plus.interceptor_order] # call_scope = 8, stage_limit = 12 (Stageflow
+                                       #   interceptor priorities, not call priorities)
     [stageflow_plus.plugin_options.acme_audit]   # keyword options of a plugin
     [stageflow_plus.backend]           # url = "memory://" (default) or "redis://host:6379/0";
                                        #   prefix, ttl, on_unavailable, op_timeout, recheck_s
+
+Every value is checked by :mod:`~stageflow_plus.stageflow.config_schema` (types, ranges,
+``nan``/``inf``, bools), every rate must say its period, and a rate's dimension that no cost
+can charge is refused at build (with declared costs) or warned about once at run time.
 
 With a Redis backend the ``concurrency`` (``limit``, ``per_tool``, ``per_tenant``) and
 ``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix:
@@ -29,11 +36,8 @@ caps), followed by :class:`~stageflow_plus.backends.limits.RedisLimits` holding 
 permits and buckets.
 ``per_key_rates`` has no Redis form yet and is refused with a Redis backend.
 
-Environment variables (applied over the file/dict): ``STAGEFLOW_PLUS_CONFIG`` (a TOML file
-read when no config is given), ``STAGEFLOW_PLUS_MAX_CONCURRENT`` (global tool-call
-concurrency), ``STAGEFLOW_PLUS_MAX_QUEUE``, ``STAGEFLOW_PLUS_BACKEND`` (the backend URL),
-``STAGEFLOW_PLUS_RPM`` / ``STAGEFLOW_PLUS_TPM``
-(requests / tokens per minute on one global key), ``STAGEFLOW_PLUS_MAX_PRIORITY``.
+Environment variables (see :mod:`~stageflow_plus.stageflow.env`, the one list of them)
+merge over the file/dict entry by entry; an unknown ``STAGEFLOW_PLUS_*`` name is refused.
 
 Every unknown key, wrong type and order that breaks coordination with Stageflow's
 ``TimeoutInterceptor`` (the scope must run after it, to see the stage timeout) or
@@ -47,7 +51,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +59,6 @@ from typing import Any
 from stageflow.pipeline.interceptors import (
     BaseInterceptor,
     CircuitBreakerInterceptor,
-    TimeoutInterceptor,
     get_default_interceptors,
 )
 
@@ -70,20 +73,30 @@ from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
+from .config_schema import MOVED, check_sections, max_priority_of, normalize_rates
+from .dimensions import dimension_watch
+from .env import ENV_PREFIX, apply_env
+from .order import check_order
 from .overrides import Ceilings
 from .plugins import load_interceptor
+from .redact import redact_error, redact_url, show
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
 
-__all__ = ["StageflowPlus", "build", "load_config"]
+__all__ = [
+    "COST_SECTIONS",
+    "SECTIONS",
+    "StageflowPlus",
+    "build",
+    "check_order",
+    "load_config",
+]
 
 SECTIONS: dict[str, frozenset[str]] = {
     "stageflow_defaults": frozenset(),
     "plugins": frozenset(),
     "concurrency": frozenset({"limit", "per_tool", "per_run", "per_tenant"}),
     "rate": frozenset({"rates", "key", "per_key_rates"}),
-    "priority": frozenset(
-        {"aging_interval", "weights", "default_weight", "fair_cost", "max_priority"}
-    ),
+    "priority": frozenset({"aging_interval", "weights", "default_weight", "fair_cost"}),
     "backpressure": frozenset(
         {"max_queue", "max_queue_per_key", "shedding", "deadline_aware", "max_wait"}
     ),
@@ -99,15 +112,20 @@ SECTIONS: dict[str, frozenset[str]] = {
             "max_rates",
             "max_wait_ms",
             "tenants",
+            "tenants_by_org",
             "on_excess",
         }
     ),
-    "priorities": frozenset({"call_scope", "stage_limit"}),
+    "interceptor_order": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
     "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
 }
-RATE_KEYS = frozenset({"limit", "per", "burst", "dimension", "start_full"})
-ENV_PREFIX = "STAGEFLOW_PLUS_"
+"""Every section and its keys (an empty set: free keys, or not a table)."""
+
+COST_SECTIONS: dict[str, Callable[[Mapping[str, Any]], Iterable[str]]] = {}
+"""Sections that declare costs, and the dimensions each one charges. When a config holds one
+of them, a rate whose dimension none of them (nor ``requests``) charges is refused at build;
+otherwise such a bucket is watched and warned about at run time."""
 
 
 def load_config(
@@ -118,117 +136,109 @@ def load_config(
     """Read and validate a config: a mapping, a TOML file path, or (``None``) the environment.
 
     A TOML file's ``[stageflow_plus]`` table is used (or the whole file if it has none).
-    Environment variables are applied on top (``env`` defaults to ``os.environ``).
+    Environment variables merge on top (``env`` defaults to ``os.environ``); an unknown
+    ``STAGEFLOW_PLUS_*`` variable is refused. Rates come back as tables with ``per`` in
+    seconds (``"600/minute"`` → ``{"limit": 600, "per": 60.0}``).
 
-    :raises ConfigError: unreadable file, unknown key, wrong type — naming the entry.
+    :raises ConfigError: unreadable file, unknown section, key or variable, wrong type or
+        range — naming the entry and the value (URL credentials hidden).
     """
+    return _load(source, env)[0]
+
+
+def _load(
+    source: Mapping[str, Any] | str | os.PathLike[str] | None, env: Mapping[str, str] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The checked config and the environment variables merged into it."""
+    try:
+        return _load_unredacted(source, env)
+    except ConfigError as error:
+        redact_error(error)
+        raise
+
+
+def _load_unredacted(
+    source: Mapping[str, Any] | str | os.PathLike[str] | None, env: Mapping[str, str] | None
+) -> tuple[dict[str, Any], list[str]]:
     environ = os.environ if env is None else env
+    if not isinstance(environ, Mapping):
+        raise ConfigError("env must be a mapping of variable names to strings, "
+                          f"got {type(environ).__name__}")
     if source is None and environ.get(f"{ENV_PREFIX}CONFIG"):
         source = environ[f"{ENV_PREFIX}CONFIG"]
     if source is None:
-        config: dict[str, Any] = {}
+        config: Any = {}
     elif isinstance(source, Mapping):
         config = _deep_copy(source.get("stageflow_plus", source))
+        where = "the config's stageflow_plus" if "stageflow_plus" in source else "the config"
+        if not isinstance(config, dict):
+            raise ConfigError(f"{where} must be a table, got {show(config)}")
+    elif isinstance(source, (str, os.PathLike)):
+        config = _read_toml(Path(source))
     else:
-        path = Path(source)
-        try:
-            with path.open("rb") as handle:
-                raw = tomllib.load(handle)
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from error
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from error
-        config = _deep_copy(raw.get("stageflow_plus", raw))
-    _apply_env(config, environ)
+        raise ConfigError(
+            f"a config is a mapping, a TOML file path or None, got {type(source).__name__}"
+        )
     _check_keys(config)
+    config = check_sections(config)
+    applied = apply_env(config, environ, normalize_rates)
+    if applied:
+        _check_keys(config)
+        config = check_sections(config)
+    return config, applied
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from error
+    config = _deep_copy(raw.get("stageflow_plus", raw))
+    if not isinstance(config, dict):
+        raise ConfigError(f"stageflow_plus in {str(path)!r} must be a table, got {show(config)}")
     return config
 
 
 def _deep_copy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_deep_copy(v) for v in value]
     return value
 
 
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    raw = environ.get(ENV_PREFIX + name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(
-            f"environment variable {ENV_PREFIX}{name} must be an int, got {raw!r}"
-        ) from None
-
-
-def _apply_env(config: dict[str, Any], environ: Mapping[str, str]) -> None:
-    if (value := _env_int(environ, "MAX_CONCURRENT")) is not None:
-        config.setdefault("concurrency", {})["limit"] = value
-    if (value := _env_int(environ, "MAX_QUEUE")) is not None:
-        config.setdefault("backpressure", {})["max_queue"] = value
-    if url := environ.get(f"{ENV_PREFIX}BACKEND"):
-        config.setdefault("backend", {})["url"] = url
-    if (value := _env_int(environ, "MAX_PRIORITY")) is not None:
-        config.setdefault("ceilings", {})["max_priority"] = value
-    rates: list[dict[str, Any]] = []
-    if (value := _env_int(environ, "RPM")) is not None:
-        rates.append({"limit": value, "per": 60})
-    if (value := _env_int(environ, "TPM")) is not None:
-        rates.append({"limit": value, "per": 60, "dimension": "tokens"})
-    if rates:
-        config["rate"] = {"rates": rates, "key": "global"}
-
-
 def _check_keys(config: Mapping[str, Any]) -> None:
     for section, value in config.items():
+        if not isinstance(section, str):
+            raise ConfigError(f"stageflow_plus: section names are strings, got {show(section)}")
         known = SECTIONS.get(section)
         if known is None:
+            if section in MOVED:
+                raise ConfigError(f"stageflow_plus.{section}: {MOVED[section]}")
             raise ConfigError(
                 f"stageflow_plus.{section}: unknown section (known: {', '.join(sorted(SECTIONS))})"
             )
-        if section == "stageflow_defaults":
-            if not isinstance(value, bool):
-                raise ConfigError(
-                    f"stageflow_plus.stageflow_defaults must be true/false, got {value!r}"
-                )
-            continue
-        if section == "plugins":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"stageflow_plus.plugins must be a list of names, got {value!r}")
-            continue
+        if section in ("stageflow_defaults", "plugins"):
+            continue  # not tables: check_sections checks their values
         if not isinstance(value, Mapping):
-            raise ConfigError(f"stageflow_plus.{section} must be a table, got {value!r}")
+            raise ConfigError(f"stageflow_plus.{section} must be a table, got {show(value)}")
         if known:
             for key in value:
                 if key not in known:
+                    moved = MOVED.get(f"{section}.{key}")
                     raise ConfigError(
-                        f"stageflow_plus.{section}.{key}: unknown key "
-                        f"(known: {', '.join(sorted(known))})"
+                        f"stageflow_plus.{section}.{key}: "
+                        + (moved if moved else
+                           f"unknown key (known: {', '.join(sorted(known))})")
                     )
 
 
-def _rates(value: Any, where: str) -> list[Rate]:
-    items = [value] if isinstance(value, Mapping) else value
-    if not isinstance(items, list) or not items:
-        raise ConfigError(f"{where} must be a table or a list of tables, got {value!r}")
-    out = []
-    for index, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise ConfigError(f"{where}[{index}] must be a table, got {item!r}")
-        unknown = set(item) - RATE_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{where}[{index}].{sorted(unknown)[0]}: unknown key "
-                f"(known: {', '.join(sorted(RATE_KEYS))})"
-            )
-        try:
-            out.append(Rate(**item))
-        except (ConfigError, TypeError) as error:
-            raise ConfigError(f"{where}[{index}]: {error}") from error
-    return out
+def _rates(items: list[dict[str, Any]]) -> list[Rate]:
+    """The checked rate tables (see config_schema.one_rate) as Rate objects."""
+    return [Rate(**item) for item in items]
 
 
 def _make(where: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> Any:
@@ -287,9 +297,24 @@ def build(
     :param config: a mapping, a TOML path, or ``None`` (environment only).
     :param clock: for every limiter and deadline (default: the loop's clock).
     :param extra: more stage interceptors to include as they are.
-    :raises ConfigError: invalid config or an order that breaks coordination.
+    :raises ConfigError: invalid config or an order that breaks coordination (URL
+        credentials hidden in the message).
     """
-    cfg = load_config(config, env=env)
+    try:
+        return _build(config, env, clock, extra)
+    except ConfigError as error:
+        redact_error(error)
+        raise
+
+
+def _build(
+    config: Mapping[str, Any] | str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    clock: Clock | Callable[[], float] | None,
+    extra: Sequence[BaseInterceptor],
+) -> StageflowPlus:
+    cfg, from_env = _load(config, env)
+    ceilings = _ceilings(cfg)
     steps: list[Any] = []
     if "tool_breaker" in cfg:
         options = {**cfg["tool_breaker"], "clock": clock}
@@ -297,29 +322,42 @@ def build(
     if "backpressure" in cfg:
         steps.append(_make("backpressure", Backpressure, cfg["backpressure"]))
     if "priority" in cfg:
-        steps.append(_make("priority", PriorityFairQueue, cfg["priority"]))
-    backend = _backend(cfg.get("backend", {}))
+        queue = dict(cfg["priority"])
+        if queue.get("aging_interval") is False:
+            queue["aging_interval"] = None  # strict priorities
+        # the queue's levels are the runs' ceilings (the one knob: ceilings.max_priority)
+        queue["max_priority"] = max([ceilings.max_priority,
+                                     *ceilings.tenant_max_priority.values()])
+        steps.append(_make("priority", PriorityFairQueue, queue))
+    watch = dimension_watch(cfg, COST_SECTIONS)
+    if watch is not None:
+        steps.append(watch)
+    try:
+        backend = _backend(cfg.get("backend", {}))
+    except ConfigError as error:
+        if "STAGEFLOW_PLUS_BACKEND" not in from_env:
+            raise
+        url = redact_url(cfg["backend"]["url"])
+        raise ConfigError(
+            f"environment variable STAGEFLOW_PLUS_BACKEND={url!r}: {error}"
+        ) from error
     if isinstance(backend, MemoryBackend):
         steps.extend(_memory_limits(cfg))
     else:
         steps.extend(_global_limits(cfg, backend, clock))
     chain = ToolCallChain(steps, clock=clock)
 
-    ceilings = _make("ceilings", _ceilings, cfg.get("ceilings", {}))
-    priorities = cfg.get("priorities", {})
     scope = CallScopeInterceptor(ceilings=ceilings, clock=clock)
     ours: dict[str, BaseInterceptor] = {"call_scope": scope}
     if "stage_limits" in cfg:
         ours["stage_limit"] = _make("stage_limits", lambda **kw: StageLimitInterceptor(
             kw, ceilings=ceilings, clock=clock), cfg["stage_limits"])
-    for name, value in priorities.items():
+    for name, value in cfg.get("interceptor_order", {}).items():
         if name not in ours:
             raise ConfigError(
-                f"stageflow_plus.priorities.{name}: no such interceptor in this config "
+                f"stageflow_plus.interceptor_order.{name}: no such interceptor in this config "
                 "(stage_limit needs a [stageflow_plus.stage_limits] table)"
             )
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"stageflow_plus.priorities.{name} must be an int, got {value!r}")
         ours[name].priority = value
     breaker = _make("circuit_breaker", LimitAwareCircuitBreaker,
                     {**cfg.get("circuit_breaker", {}), "clock": clock})
@@ -334,7 +372,8 @@ def build(
     for name in cfg.get("plugins", []):
         plugin_options = plugin_options_by_name.get(name, {})
         if not isinstance(plugin_options, Mapping):
-            raise ConfigError(f"stageflow_plus.plugin_options.{name} must be a table")
+            raise ConfigError(f"stageflow_plus.plugin_options.{name} must be a table, "
+                              f"got {show(plugin_options)}")
         stack.append(load_interceptor(name, plugin_options))
     unused = set(plugin_options_by_name) - set(cfg.get("plugins", []))
     if unused:
@@ -344,22 +383,27 @@ def build(
         )
     stack.extend(extra)
     stack.sort(key=lambda i: i.priority)
-    check_order(stack)
+    try:
+        check_order(stack)
+    except ConfigError as error:
+        for name, value in cfg.get("interceptor_order", {}).items():
+            if repr(ours[name].name) in str(error):
+                raise ConfigError(
+                    f"stageflow_plus.interceptor_order.{name} = {value!r}: {error}"
+                ) from error
+        raise
     return StageflowPlus(chain, stack, cfg, backend)
 
 
 def _rate_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     rate = dict(cfg["rate"])
     if "rates" not in rate:
-        raise ConfigError("stageflow_plus.rate.rates is required (one or more rates)")
-    rate["rates"] = _rates(rate["rates"], "stageflow_plus.rate.rates")
+        raise ConfigError("stageflow_plus.rate.rates is required (one or more rates, e.g. "
+                          "rates = [\"600/minute\"])")
+    rate["rates"] = _rates(rate["rates"])
+    rate.setdefault("key", "global")  # what a provider's quota is: one for every tool
     if "per_key_rates" in rate:
-        per_key = rate["per_key_rates"]
-        if not isinstance(per_key, Mapping):
-            raise ConfigError("stageflow_plus.rate.per_key_rates must be a table of rates")
-        rate["per_key_rates"] = {
-            k: _rates(v, f"stageflow_plus.rate.per_key_rates.{k}") for k, v in per_key.items()
-        }
+        rate["per_key_rates"] = {k: _rates(v) for k, v in rate["per_key_rates"].items()}
     return rate
 
 
@@ -376,8 +420,9 @@ def _memory_limits(cfg: Mapping[str, Any]) -> list[Any]:
 def _backend(section: Mapping[str, Any]) -> LimitsBackend:
     options = dict(section)
     url = options.pop("url", "memory://")
-    if not isinstance(url, str):
-        raise ConfigError(f"stageflow_plus.backend.url must be a string, got {url!r}")
+    if "://" not in url:
+        raise ConfigError(f"stageflow_plus.backend.url must look like 'memory://' or "
+                          f"'redis://host:6379/0', got {redact_url(url)!r}")
     try:
         return backend_from_url(url, **options)
     except ConfigError as error:
@@ -405,53 +450,17 @@ def _global_limits(
                 "(stageflow_plus.backend.url); give the rates in stageflow_plus.rate.rates"
             )
         options["rates"] = rate["rates"]
-        options["rate_key"] = rate.get("key", "global")
+        options["rate_key"] = rate["key"]
     return list(_make("backend", backend.limits, options))
 
 
-def _ceilings(**options: Any) -> Ceilings:
-    if "tenants" in options and options["tenants"] is not None:
+def _ceilings(cfg: Mapping[str, Any]) -> Ceilings:
+    options = dict(cfg.get("ceilings", {}))
+    options["max_priority"] = max_priority_of(cfg)
+    if "tenants" in options:
         options["tenants"] = frozenset(options["tenants"])
-    return Ceilings(**options)
-
-
-def check_order(interceptors: Sequence[BaseInterceptor]) -> None:
-    """Refuse interceptor orders that break the coordination with Stageflow's own.
-
-    * the call scope must run after ``TimeoutInterceptor`` (it reads the stage timeout);
-    * a stage limiter must run after the circuit breaker (an open breaker must short-circuit
-      before anything queues) and after ``TimeoutInterceptor``;
-    * a plain ``CircuitBreakerInterceptor`` counts our refusals as failures: use
-      :class:`LimitAwareCircuitBreaker` with stage limiters.
-    """
-    def priority_of(kind: type) -> int | None:
-        found = [i.priority for i in interceptors if isinstance(i, kind)]
-        return min(found) if found else None
-
-    timeout = priority_of(TimeoutInterceptor)
-    breaker = priority_of(CircuitBreakerInterceptor)
-    for interceptor in interceptors:
-        where = f"interceptor {interceptor.name!r} (priority {interceptor.priority})"
-        if isinstance(interceptor, (CallScopeInterceptor, StageLimitInterceptor)) and (
-            timeout is not None and interceptor.priority <= timeout
-        ):
-            raise ConfigError(
-                f"{where} must run after TimeoutInterceptor (priority {timeout}) to see the "
-                "stage timeout; give it a higher priority"
-            )
-        if isinstance(interceptor, StageLimitInterceptor):
-            if breaker is not None and interceptor.priority <= breaker:
-                raise ConfigError(
-                    f"{where} must run inside the circuit breaker (priority {breaker}) so an "
-                    "open breaker queues nothing; give it a higher priority"
-                )
-            plain = [
-                i for i in interceptors
-                if isinstance(i, CircuitBreakerInterceptor)
-                and not isinstance(i, LimitAwareCircuitBreaker)
-            ]
-            if plain:
-                raise ConfigError(
-                    f"{where}: Stageflow's plain CircuitBreakerInterceptor would count this "
-                    "limiter's refusals as failures; use LimitAwareCircuitBreaker instead"
-                )
+    if "tenants_by_org" in options:
+        options["tenants_by_org"] = {
+            org: frozenset(tenants) for org, tenants in options["tenants_by_org"].items()
+        }
+    return _make("ceilings", Ceilings, options)  # type: ignore[no-any-return]

@@ -6,7 +6,8 @@ A run tightens its own limits the way Stageflow takes ``ctx.data["_timeout_ms"]`
 key                type                        meaning
 =================  ==========================  ==============================================
 ``_priority``      int                         the run's priority (higher goes first)
-``_tenant``        str                         fair-share owner (default: ``ctx.org_id``)
+``_tenant``        str                         fair-share owner, only one the operator grants
+                                               the run's org (default: ``ctx.org_id``)
 ``_concurrency``   int >= 1                    tool calls of this run in flight at once
 ``_rates``         {dimension: number > 0}     per-second rates for this run only, e.g.
                                                ``{"requests": 5, "tokens": 2000}``
@@ -20,22 +21,41 @@ value beyond a ceiling is **clamped to the ceiling** (and logged as
 ``stageflow_plus.override_clamped``): a run may ask for less, never for more. With
 ``Ceilings(on_excess="error")`` it is refused with :class:`OverrideError` instead.
 
+Trust. ``ctx.data`` is the run's own data (often filled from a request), so nothing in it
+can raise what the operator allows. A run's tenant — which decides its priority ceiling and
+its fair-share weight — comes from trusted context, ``ctx.org_id``; ``_tenant`` may name
+another tenant only when ``Ceilings.tenants_by_org`` grants it to the run's org (an org
+may always name itself). Any other claim is refused with :class:`OverrideError`, never
+silently replaced. The ceilings themselves (``max_priority``, ``tenant_max_priority``,
+``max_concurrency``, ``max_rates``, ``max_wait_ms``) and the weights are operator config and
+have no ``ctx.data`` key.
+
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import structlog
 
 from ..primitives.errors import ConfigError
+from .dimensions import check_dimension
+from .redact import redact_text
 
-__all__ = ["OVERRIDE_KEYS", "Ceilings", "OverrideError", "RunOverrides", "read_overrides"]
+__all__ = [
+    "MIN_PRIORITY",
+    "OVERRIDE_KEYS",
+    "Ceilings",
+    "OverrideError",
+    "RunOverrides",
+    "read_overrides",
+]
 
 log = structlog.get_logger("stageflow_plus")
 
@@ -51,6 +71,10 @@ OVERRIDE_KEYS = (
 """Every ``ctx.data`` key this module reads."""
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+_N = TypeVar("_N", int, float)
+
+MIN_PRIORITY = -(2**31)
+"""The lowest priority a run may ask for (a run may lower its own priority, within reason)."""
 
 
 class OverrideError(ConfigError):
@@ -68,7 +92,11 @@ class Ceilings:
         configured limits apply, which an override can never exceed anyway).
     :ivar max_rates: the highest per-second rate per dimension a run may ask for.
     :ivar max_wait_ms: the longest wait a run may ask for.
-    :ivar tenants: the tenants a run may name (``None``: any).
+    :ivar tenants: every tenant a run may have, whether from its org or granted
+        (``None``: not restricted).
+    :ivar tenants_by_org: the tenants a run of an org may claim with ``_tenant`` beyond
+        its own org (a run without ``org_id`` is of org ``"default"``). Nothing else may be
+        claimed.
     :ivar on_excess: ``"clamp"`` (default) lowers an excessive value to its ceiling;
         ``"error"`` refuses the run's value with :class:`OverrideError`.
     """
@@ -81,12 +109,39 @@ class Ceilings:
     max_wait_ms: float | None = None
     tenants: frozenset[str] | None = None
     on_excess: Literal["clamp", "error"] = "clamp"
+    tenants_by_org: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("default_priority", "max_priority"):
             _int(getattr(self, name), f"Ceilings.{name}")
+        if self.default_priority > self.max_priority:
+            raise ConfigError(f"Ceilings.default_priority ({self.default_priority}) is above "
+                              f"Ceilings.max_priority ({self.max_priority})")
+        for name in ("tenant_max_priority", "max_rates", "tenants_by_org"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and k for k in value
+            ):
+                raise ConfigError(
+                    f"Ceilings.{name} must be a mapping with non-empty str keys, "
+                    f"got {_short(value)}"
+                )
         for tenant, ceiling in self.tenant_max_priority.items():
             _int(ceiling, f"Ceilings.tenant_max_priority[{tenant!r}]")
+            if ceiling < self.default_priority:
+                raise ConfigError(f"Ceilings.tenant_max_priority[{tenant!r}] ({ceiling}) is below "
+                                  f"Ceilings.default_priority ({self.default_priority})")
+        if self.tenants is not None:
+            object.__setattr__(self, "tenants", _names(self.tenants, "Ceilings.tenants"))
+        object.__setattr__(self, "tenants_by_org", MappingProxyType({
+            org: _names(allowed, f"Ceilings.tenants_by_org[{org!r}]")
+            for org, allowed in self.tenants_by_org.items()
+        }))
+        if self.tenants is not None:
+            for org, allowed in self.tenants_by_org.items():
+                for tenant in sorted(allowed - self.tenants):
+                    raise ConfigError(f"Ceilings.tenants_by_org[{org!r}] grants {tenant!r}, "
+                                      "which is not in Ceilings.tenants")
         if self.max_concurrency is not None:
             _int(self.max_concurrency, "Ceilings.max_concurrency", minimum=1)
         for dim, rate in self.max_rates.items():
@@ -95,12 +150,42 @@ class Ceilings:
             _number(self.max_wait_ms, "Ceilings.max_wait_ms", positive=True, error=ConfigError)
         if self.on_excess not in ("clamp", "error"):
             raise ConfigError(
-                f"Ceilings.on_excess must be 'clamp' or 'error', got {self.on_excess!r}"
+                f"Ceilings.on_excess must be 'clamp' or 'error', got {_short(self.on_excess)}"
             )
 
     def priority_ceiling(self, tenant: str) -> int:
         """The highest priority ``tenant``'s runs may have."""
         return self.tenant_max_priority.get(tenant, self.max_priority)
+
+    def tenant_of(self, org: str | None, claimed: object = None) -> str:
+        """The tenant of a run of ``org`` that names ``claimed`` (``None``: names none).
+
+        :raises OverrideError: the claim is not a non-empty str, is neither the org itself
+            nor granted to it by :attr:`tenants_by_org`, or is outside :attr:`tenants`.
+        """
+        identity = org if org is not None else "default"
+        tenant = identity
+        if claimed is not None:
+            if not isinstance(claimed, str) or not claimed:
+                raise OverrideError(
+                    f"ctx.data['_tenant'] must be a non-empty str, got {_short(claimed)}"
+                )
+            granted = self.tenants_by_org.get(identity, frozenset())
+            if claimed != identity and claimed not in granted:
+                allowed = ", ".join(sorted({identity, *granted}))
+                raise OverrideError(
+                    f"ctx.data['_tenant'] = {claimed!r}: a run of org {identity!r} may not "
+                    f"claim that tenant (allowed: {allowed}); the operator grants tenants "
+                    "to an org in ceilings.tenants_by_org"
+                )
+            tenant = claimed
+        if self.tenants is not None and tenant not in self.tenants:
+            source = "ctx.data['_tenant']" if claimed is not None else "the run's org_id"
+            raise OverrideError(
+                f"{source} = {tenant!r} is not a configured tenant "
+                f"(known: {', '.join(sorted(self.tenants))})"
+            )
+        return tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,54 +214,55 @@ class RunOverrides:
 
 
 def read_overrides(
-    data: Mapping[str, Any], ceilings: Ceilings, *, default_tenant: str = "default"
+    data: Mapping[str, Any], ceilings: Ceilings, *, org: str | None = None
 ) -> RunOverrides:
     """Validate the override keys of ``data`` (a run's ``ctx.data``) against ``ceilings``.
 
-    :raises OverrideError: a value of the wrong type or range, an unknown tenant, or an
-        excessive value when ``ceilings.on_excess == "error"``.
+    :param org: the run's org from trusted context (``ctx.org_id``); the run's tenant is
+        this org unless ``_tenant`` names one :attr:`Ceilings.tenants_by_org` grants it.
+    :raises OverrideError: a value of the wrong type or range, a tenant the run may not
+        claim, or an excessive value when ``ceilings.on_excess == "error"``.
     """
+    if not isinstance(data, Mapping):
+        raise OverrideError(f"ctx.data must be a mapping, got {type(data).__name__}")
     clamped: list[str] = []
 
-    def cap(key: str, value: float, ceiling: float | None) -> float:
+    def cap(key: str, value: _N, ceiling: _N | None) -> _N:
         if ceiling is None or value <= ceiling:
             return value
         if ceilings.on_excess == "error":
-            raise OverrideError(
-                f"ctx.data[{key!r}] = {value!r} exceeds the operator's ceiling {ceiling!r}"
-            )
+            top, _, dim = key.partition(".")
+            where = f"ctx.data[{top!r}]" + (f"[{dim!r}]" if dim else "")
+            raise OverrideError(f"{where} = {value!r} exceeds the operator's ceiling {ceiling!r}")
         clamped.append(key)
         log.warning("stageflow_plus.override_clamped", key=key, asked=value, ceiling=ceiling)
         return ceiling
 
-    tenant = data.get("_tenant", default_tenant)
-    if not isinstance(tenant, str) or not tenant:
-        raise OverrideError(f"ctx.data['_tenant'] must be a non-empty str, got {tenant!r}")
-    if ceilings.tenants is not None and tenant not in ceilings.tenants:
-        raise OverrideError(
-            f"ctx.data['_tenant'] = {tenant!r} is not a configured tenant "
-            f"(known: {', '.join(sorted(ceilings.tenants))})"
-        )
+    claimed = data.get("_tenant")
+    if claimed is None and "_tenant" in data:
+        raise OverrideError("ctx.data['_tenant'] must be a non-empty str, got None")
+    tenant = ceilings.tenant_of(org, claimed)
     priority = ceilings.default_priority
     if "_priority" in data:
-        priority = _int(data["_priority"], "ctx.data['_priority']", error=OverrideError)
-    priority = int(cap("_priority", float(priority), ceilings.priority_ceiling(tenant)))
+        priority = _int(data["_priority"], "ctx.data['_priority']", MIN_PRIORITY,
+                        error=OverrideError)
+    priority = cap("_priority", priority, ceilings.priority_ceiling(tenant))
 
     concurrency = None
     if "_concurrency" in data:
         asked = _int(data["_concurrency"], "ctx.data['_concurrency']", 1, error=OverrideError)
-        concurrency = int(cap("_concurrency", asked, ceilings.max_concurrency))
+        concurrency = cap("_concurrency", asked, ceilings.max_concurrency)
     rates: dict[str, float] = {}
     for dim, value in _mapping(data, "_rates").items():
         asked_rate = _number(value, f"ctx.data['_rates'][{dim!r}]", positive=True)
-        rates[dim] = cap(f"_rates.{dim}", asked_rate, ceilings.max_rates.get(dim))
+        rates[dim] = float(cap(f"_rates.{dim}", asked_rate, ceilings.max_rates.get(dim)))
     max_queue = None
     if "_max_queue" in data:
         max_queue = _int(data["_max_queue"], "ctx.data['_max_queue']", 0, error=OverrideError)
     max_wait = None
     if "_max_wait_ms" in data:
         asked_wait = _number(data["_max_wait_ms"], "ctx.data['_max_wait_ms']", positive=True)
-        max_wait = cap("_max_wait_ms", asked_wait, ceilings.max_wait_ms) / 1000.0
+        max_wait = float(cap("_max_wait_ms", asked_wait, ceilings.max_wait_ms)) / 1000.0
     cost = {
         dim: _number(value, f"ctx.data['_cost'][{dim!r}]", positive=False)
         for dim, value in _mapping(data, "_cost").items()
@@ -194,30 +280,55 @@ def read_overrides(
 
 
 def _mapping(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = data.get(key)
-    if value is None:
+    if key not in data:
         return _EMPTY
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise OverrideError(f"ctx.data[{key!r}] must be a mapping of str to numbers, got {value!r}")
+    value = data[key]
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and k for k in value):
+        raise OverrideError(f"ctx.data[{key!r}] must be a mapping of dimension names to "
+                            f"numbers, got {_short(value)}")
+    for dim in value:
+        try:
+            check_dimension(dim, f"ctx.data[{key!r}] key")
+        except ConfigError as error:
+            raise OverrideError(str(error)) from None
     return value
+
+
+def _short(value: Any) -> str:
+    return redact_text(reprlib.repr(value))  # a run's data may hold anything
 
 
 def _int(
     value: Any, where: str, minimum: int | None = None, *, error: type[ConfigError] = ConfigError
 ) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise error(f"{where} must be an int, got {value!r}")
+        raise error(f"{where} must be an int, got {_short(value)}")
     if minimum is not None and value < minimum:
-        raise error(f"{where} must be >= {minimum}, got {value!r}")
+        raise error(f"{where} must be >= {minimum}, got {_short(value)}")
     return value
 
 
 def _number(
     value: Any, where: str, *, positive: bool, error: type[ConfigError] = OverrideError
 ) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise error(f"{where} must be a number, got {value!r}")
-    if math.isinf(value) or value < 0 or (positive and value == 0):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{where} must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        number = math.inf
+    if math.isnan(number):
+        raise error(f"{where} must be a number, got {_short(value)}")
+    if math.isinf(number) or number < 0 or (positive and number == 0):
         raise error(f"{where} must be a finite number {'>' if positive else '>='} 0, "
-                            f"got {value!r}")
-    return float(value)
+                    f"got {_short(value)}")
+    return number
+
+
+def _names(value: Any, where: str) -> frozenset[str]:
+    """A set of non-empty names from a set, list or tuple (a str is not a list of names)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (set, frozenset, list, tuple)):
+        raise ConfigError(f"{where} must be a list of names, got {_short(value)}")
+    if not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where} must hold non-empty str names, got {_short(value)}")
+    return frozenset(value)

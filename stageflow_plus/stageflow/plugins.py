@@ -23,6 +23,7 @@ from typing import Any
 from stageflow.pipeline.interceptors import BaseInterceptor
 
 from ..primitives.errors import ConfigError
+from .redact import show
 
 __all__ = ["ENTRY_POINT_GROUP", "UnknownInterceptor", "available_interceptors", "load_interceptor"]
 
@@ -59,6 +60,11 @@ def load_interceptor(name: str, options: Mapping[str, Any] | None = None) -> Bas
     """
     if not isinstance(name, str):
         raise ConfigError(f"interceptor name must be a str, got {name!r}")
+    if options is not None and (
+        not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options)
+    ):
+        raise ConfigError(f"the options of interceptor {name!r} must be a table of keyword "
+                          f"options, got {show(options)}")
     available = available_interceptors()
     point = available.get(name)
     if point is None:

@@ -51,7 +51,8 @@ def test_bad_backend_config_names_the_entry(backend: dict[str, Any], message: st
 def test_per_key_rates_have_no_redis_form_yet() -> None:
     config = {
         "backend": {"url": "redis://127.0.0.1:1/0"},
-        "rate": {"rates": {"limit": 5, "per": 1}, "per_key_rates": {"a": {"limit": 1}}},
+        "rate": {"rates": {"limit": 5, "per": 1}, "key": "tool",
+                 "per_key_rates": {"a": {"limit": 1, "per": 1}}},
     }
     with pytest.raises(ConfigError, match=r"per_key_rates: not supported with a Redis backend"):
         build(config, env={})

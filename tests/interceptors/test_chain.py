@@ -99,7 +99,7 @@ async def test_requests_and_tokens_buckets_with_reconciliation() -> None:
 
 async def test_provider_retry_after_pauses_the_key_for_everybody() -> None:
     clock = ManualClock()
-    rate = TokenBucketRateLimiter(Rate(100, burst=100))
+    rate = TokenBucketRateLimiter(Rate(100, burst=100), key="tool")  # the pause is per tool
     chain = ToolCallChain([rate], clock=clock)
     starts: list[float] = []
 

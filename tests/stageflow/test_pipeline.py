@@ -348,15 +348,17 @@ def test_entry_point_loader_builds_our_interceptors_by_name() -> None:
     [
         ({"concurency": {}}, r"stageflow_plus.concurency: unknown section"),
         ({"concurrency": {"limt": 3}}, r"stageflow_plus.concurrency.limt: unknown key"),
-        ({"concurrency": {"limit": 0}}, r"stageflow_plus.concurrency: .*>= 1"),
+        ({"concurrency": {"limit": 0}}, r"stageflow_plus.concurrency.limit must be >= 1, got 0"),
         ({"rate": {"rates": [{"limit": 10, "pre": 1}]}}, r"rates\[0\].pre: unknown key"),
-        ({"backpressure": {"shedding": "drop"}}, r"stageflow_plus.backpressure: .*shedding"),
-        ({"stage_limits": {"s": 1}, "priorities": {"stage_limit": 9}},
+        ({"backpressure": {"shedding": "drop"}},
+         r"stageflow_plus.backpressure.shedding must be one"),
+        ({"stage_limits": {"s": 1}, "interceptor_order": {"stage_limit": 9}},
          r"must run inside the circuit breaker"),
-        ({"priorities": {"call_scope": 3}}, r"must run after TimeoutInterceptor"),
+        ({"interceptor_order": {"call_scope": 3}},
+         r"interceptor_order.call_scope = 3: .*must run after TimeoutInterceptor"),
         ({"plugins": ["missing_plugin"]}, r"unknown interceptor 'missing_plugin'"),
         ({"plugin_options": {"x": {}}}, r"plugin_options.x: options for a plugin that is not"),
-        ({"ceilings": {"on_excess": "ignore"}}, r"on_excess must be 'clamp' or 'error'"),
+        ({"ceilings": {"on_excess": "ignore"}}, r"on_excess must be one of 'clamp', 'error'"),
     ],
 )
 def test_bad_config_is_refused_naming_the_entry(config: dict[str, Any], message: str) -> None:
@@ -368,11 +370,12 @@ def test_environment_variables_configure_a_global_limit(tmp_path: Path) -> None:
     plus = sfp.build(None, env={"STAGEFLOW_PLUS_MAX_CONCURRENT": "7", "STAGEFLOW_PLUS_RPM": "600"})
     assert plus.config["concurrency"] == {"limit": 7}
     assert plus.config["rate"]["rates"] == [{"limit": 600, "per": 60}]
+    assert plus.config["rate"].get("key", "global") == "global"
     path = tmp_path / "c.toml"
     path.write_text("[stageflow_plus.backpressure]\nmax_queue = 5\n")
     from_env_file = sfp.build(None, env={"STAGEFLOW_PLUS_CONFIG": str(path)})
     assert from_env_file.config == {"backpressure": {"max_queue": 5}}
-    with pytest.raises(ConfigError, match="STAGEFLOW_PLUS_MAX_CONCURRENT must be an int"):
+    with pytest.raises(ConfigError, match="STAGEFLOW_PLUS_MAX_CONCURRENT='lots' must be an int"):
         sfp.build(None, env={"STAGEFLOW_PLUS_MAX_CONCURRENT": "lots"})
     bad = tmp_path / "bad.toml"
     bad.write_text("[stageflow_plus\n")
@@ -462,3 +465,10 @@ def test_a_run_override_applies_in_a_config_without_its_limiter_table() -> None:
     with pytest.raises(Exception) as raised:
         run_virtual(run({"_rates": {"requests": 5}}))
     assert "'rates' needs a TokenBucketRateLimiter" in _all_messages(raised.value)
+
+
+@pytest.mark.parametrize("reset_timeout", [float("nan"), float("inf"), 0, True, "30"])
+def test_the_stage_breaker_refuses_a_reset_timeout_it_could_never_reach(
+        reset_timeout: Any) -> None:
+    with pytest.raises(ConfigError, match="reset_timeout must be a finite number > 0"):
+        LimitAwareCircuitBreaker(reset_timeout=reset_timeout)

@@ -96,3 +96,9 @@ def test_a_third_party_package_adds_an_interceptor(
         sfp.load_interceptor("acme_broken")
     with pytest.raises(ConfigError, match="'acme_audit' rejects its options"):
         sfp.load_interceptor("acme_audit", {"colour": "red"})
+
+
+def test_options_that_are_not_a_table_are_refused_naming_the_plugin() -> None:
+    with pytest.raises(ConfigError, match=r"the options of interceptor "
+                                          r"'stageflow_plus.call_scope' must be a table"):
+        sfp.load_interceptor("stageflow_plus.call_scope", [1, 2])  # type: ignore[arg-type]

@@ -1,0 +1,55 @@
+"""Keeping secrets out of messages: URL credentials and values shown in errors.
+
+A Redis URL may carry a password (``redis://:secret@host/0``); config errors, ``config
+show`` and ``config check`` print values, so every value they print goes through here.
+
+.. versionadded:: 0.1.0
+"""
+
+from __future__ import annotations
+
+import re
+import reprlib
+from typing import Any
+
+__all__ = ["redact_error", "redact_text", "redact_url", "show"]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (or a user-only token) replaced by ``***``:
+    ``redis://:secret@host/0`` → ``redis://:***@host/0``."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _secret = match.group(2).partition(":")
+        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+    return _CREDENTIALS.sub(hide, url)
+
+
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
+_CREDENTIALS_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s'\"]*)@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (e.g. a value's repr in a message) with every URL's credentials hidden."""
+    return _CREDENTIALS_IN_TEXT.sub(
+        lambda m: m.group(1) + (f"{m.group(2).partition(':')[0]}:***@" if ":" in m.group(2)
+                                else "***@"), text)
+
+
+def show(value: Any) -> str:
+    """``value`` for a message: a short repr, any URL's credentials hidden, and the type
+    named for strings (so ``'false'`` is visibly not ``false``)."""
+    text = redact_text(reprlib.repr(value))
+    return f"{text} ({type(value).__name__})" if isinstance(value, str) else text
+
+
+def redact_error(error: BaseException) -> None:
+    """Hide URL credentials in the messages of ``error`` and of the errors it chains to."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.args and isinstance(current.args[0], str):
+            current.args = (redact_text(current.args[0]), *current.args[1:])
+        current = current.__cause__ or current.__context__

@@ -1,0 +1,47 @@
+"""call_scope: fields merge into the enclosing scope; an explicit CallScope replaces it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stageflow_plus import ConfigError
+from stageflow_plus.stageflow import CallScope, call_scope, current_scope
+
+
+def test_nested_fields_merge_into_the_outer_scope() -> None:
+    with call_scope(tenant="acme", run_id="r1"):
+        with call_scope(priority=2) as inner:
+            assert (inner.tenant, inner.run_id, inner.priority) == ("acme", "r1", 2)
+            assert current_scope() is inner
+            with call_scope(tenant="other") as innermost:
+                assert (innermost.tenant, innermost.priority) == ("other", 2)
+        outer = current_scope()
+        assert outer is not None and (outer.tenant, outer.priority) == ("acme", None)
+    assert current_scope() is None
+
+
+def test_an_explicit_scope_replaces_and_fields_apply_over_it() -> None:
+    with call_scope(tenant="acme", priority=1):
+        with call_scope(CallScope(run_id="r2")) as replaced:
+            assert (replaced.tenant, replaced.priority, replaced.run_id) == (None, None, "r2")
+        with call_scope(CallScope(run_id="r3"), priority=4) as both:
+            assert (both.tenant, both.priority, both.run_id) == (None, 4, "r3")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tenent": "acme"}, r"call_scope: unknown field 'tenent'"),
+        ({"priority": "high"}, r"CallScope.priority must be an int or None, got 'high'"),
+        ({"priority": True}, r"CallScope.priority must be an int"),
+        ({"tenant": ""}, r"CallScope.tenant must be a non-empty str"),
+        ({"max_wait": 0}, r"CallScope.max_wait must be a number > 0"),
+        ({"deadline": float("nan")}, r"CallScope.deadline must be a number"),
+        ({"limits": [1]}, r"CallScope.limits must be a mapping"),
+    ],
+)
+def test_bad_fields_are_config_errors(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message), call_scope(**fields):
+        pass
