@@ -53,7 +53,8 @@ async def test_requests_per_minute_and_openai_style_headers() -> None:
     assert 0 < float(third.headers["retry-after"]) <= 0.5
     assert int(third.headers["retry-after-ms"]) <= 500
     assert third.json()["error"]["reason"] == "requests"
-    assert stats["http_429_by_reason"] == {"concurrency": 0, "requests": 1, "tokens": 0}
+    assert stats["http_429_by_reason"] == {"concurrency": 0, "requests": 1, "tokens": 0,
+                                           "input_tokens": 0}
 
 
 async def test_tokens_per_minute_and_oversized_calls() -> None:
