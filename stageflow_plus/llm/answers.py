@@ -13,7 +13,8 @@ outcome                             where the answer is
 ``aiohttp.ClientResponseError``     ``.status`` and ``.headers``
 Stageflow ``RateLimitError``        ``.retry_after`` (seconds; a rate-limit answer: 429)
 a ``ToolOutput`` / ``StageOutput``  ``.data``: ``status``, ``retry_after``,
-                                    ``retry_after_ms``, ``headers``
+                                    ``retry_after_ms``, ``headers`` (or a raw response
+                                    under ``response``)
 a mapping                           the same keys
 ==================================  ========================================================
 
@@ -127,6 +128,11 @@ def _from_response(response: Any, status: Any, now: float) -> ProviderAnswer | N
 
 
 def _from_data(data: Mapping[str, Any], now: float) -> ProviderAnswer | None:
+    response = data.get("response") if "headers" not in data else None
+    if response is not None and hasattr(response, "headers") and (
+        hasattr(response, "status_code") or hasattr(response, "status")
+    ):  # a ToolOutput carrying a raw response (e.g. an SDK's with_raw_response)
+        return _from_response(response, None, now)
     try:
         status = _status(data.get("status", data.get("status_code")))
         headers = lower_headers(data.get("headers"))

@@ -70,6 +70,7 @@ from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
+from .llm_config import LLM_KEYS, with_llm_steps
 from .overrides import Ceilings
 from .plugins import load_interceptor
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
@@ -105,6 +106,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "priorities": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
     "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
+    "llm": LLM_KEYS,  # schema and steps: stageflow_plus.stageflow.llm_config
 }
 RATE_KEYS = frozenset({"limit", "per", "burst", "dimension", "start_full"})
 ENV_PREFIX = "STAGEFLOW_PLUS_"
@@ -303,6 +305,7 @@ def build(
         steps.extend(_memory_limits(cfg))
     else:
         steps.extend(_global_limits(cfg, backend, clock))
+    steps = with_llm_steps(cfg, steps, clock)  # [stageflow_plus.llm], if any
     chain = ToolCallChain(steps, clock=clock)
 
     ceilings = _make("ceilings", _ceilings, cfg.get("ceilings", {}))
