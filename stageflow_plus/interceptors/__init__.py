@@ -11,6 +11,7 @@ from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
 from .gate import AdmissionGate, LimitPart
 from .learner import RateLimitHeaderLearner, default_headers_of
+from .llm_cost import TokenEstimate
 from .observe import MultiListener, StructlogListener
 from .pause import PauseGate, ProviderPause
 from .priority import PriorityFairQueue
@@ -18,6 +19,7 @@ from .provider_feedback import ProviderSettings, limits_from_provider, parse_dur
 from .rate import TokenBucketRateLimiter, default_retry_after
 from .retry import RetryDecision, RetryStatistics, ToolCallRetry
 from .retry_budget import RetryBudget, RetryBudgetStatistics
+from .usage_reconciler import UsageReconciler
 
 _accel.restore_docs()  # the compiled gate's docstrings
 
@@ -42,11 +44,13 @@ __all__ = [
     "RetryStatistics",
     "StructlogListener",
     "TokenBucketRateLimiter",
+    "TokenEstimate",
     "ToolCall",
     "ToolCallChain",
     "ToolCallInterceptor",
     "ToolCallRetry",
     "ToolCircuitBreaker",
+    "UsageReconciler",
     "default_headers_of",
     "default_is_failure",
     "default_retry_after",

@@ -48,6 +48,42 @@ logger = logging.getLogger("stageflow_plus")
 _OPEN = 1_000_000_000  # a probe pool's capacity once its key is learned
 
 
+class _InFlight(Resource):
+    """Counts what calls in flight were charged in one dimension (``take`` at admission,
+    ``release``/``refund`` at the end); it never refuses anybody."""
+
+    __slots__ = ("amount",)
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.amount = 0.0
+
+    def max_amount(self) -> float:
+        return math.inf
+
+    def available(self, amount: float, now: float) -> bool:
+        return True
+
+    def try_take(self, amount: float, now: float) -> bool:
+        self.amount += amount
+        return True
+
+    def take(self, amount: float, now: float) -> None:
+        self.amount += amount
+
+    def ready_at(self, amount: float, now: float) -> float:
+        return now
+
+    def release(self, amount: float, now: float, held_for: float) -> None:
+        self.amount -= amount
+
+    def refund(self, amount: float, now: float) -> None:
+        self.amount -= amount
+
+    def estimate_wait(self, amount: float, now: float) -> float:
+        return 0.0
+
+
 def default_headers_of(outcome: Any) -> Mapping[str, str] | None:
     """Headers of a tool outcome (as :func:`~stageflow_plus.llm.answers.read_answer` finds
     them: a response, an SDK error's ``.response``, a ``ToolOutput``'s ``data["headers"]``)."""
@@ -69,9 +105,9 @@ class RateLimitHeaderLearner(LimitPart):
     :param wall_clock: POSIX seconds, for RFC 3339 resets (default ``time.time``).
     """
 
-    __slots__ = ("_burst_s", "_headers_of", "_limiter", "_pause_on_empty", "_probe",
-                 "_probe_answers", "_probes", "_published", "_safety", "_tools", "_unheard",
-                 "_wall", "updates")
+    __slots__ = ("_burst_s", "_headers_of", "_in_flight", "_limiter", "_pause_on_empty",
+                 "_probe", "_probe_answers", "_probes", "_published", "_safety", "_tools",
+                 "_unheard", "_wall", "updates")
 
     contributes_demands = True
     observes_results = True
@@ -128,6 +164,7 @@ class RateLimitHeaderLearner(LimitPart):
         self._published: dict[str, dict[str, float]] = {}  # key -> dimension -> limit/min
         self._probes: dict[str, ConcurrencyPool] = {}  # keys still probing
         self._unheard: dict[str, int] = {}  # key -> answers without headers while probing
+        self._in_flight: dict[str, dict[str, _InFlight]] = {}  # key -> dimension -> charged
         #: how many times rates were re-set (for tests and statistics)
         self.updates = 0
 
@@ -137,10 +174,19 @@ class RateLimitHeaderLearner(LimitPart):
 
     # the gate's hooks -------------------------------------------------------------------
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
-        if not self._probe or (self._tools is not None and call.tool not in self._tools):
+        if self._tools is not None and call.tool not in self._tools:
             return
         key = self._limiter.key_of(call)
-        if key in self._published:
+        taps = self._in_flight.get(key)
+        if taps is None:
+            taps = self._in_flight[key] = {
+                b.dimension: _InFlight(f"in_flight:{key}:{b.dimension}")
+                for b in self._limiter.buckets_for(key, now)
+            }
+        cost = call.cost
+        for dimension, tap in taps.items():
+            out.append((tap, 1.0 if dimension == "requests" else float(cost.get(dimension, 0.0))))
+        if not self._probe or key in self._published:
             return
         pool = self._probes.get(key)
         if pool is None:
@@ -149,13 +195,13 @@ class RateLimitHeaderLearner(LimitPart):
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         if result is not None:
-            self._look(call, result)
+            self._look(call, result, lease)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if not isinstance(error, Rejected):
-            self._look(call, error)
+            self._look(call, error, lease)
 
-    def _look(self, call: ToolCall, outcome: Any) -> None:
+    def _look(self, call: ToolCall, outcome: Any, lease: Lease) -> None:
         if self._tools is not None and call.tool not in self._tools:
             return
         key = self._limiter.key_of(call)
@@ -167,6 +213,7 @@ class RateLimitHeaderLearner(LimitPart):
             info = answer.limits if answer is not None else None
         if info is not None and info.dimensions:
             self.learn(info, key=key)
+            self._sync(info, key, lease)
         elif key in self._probes:
             unheard = self._unheard[key] = self._unheard.get(key, 0) + 1
             if unheard == self._probe_answers:
@@ -244,12 +291,28 @@ class RateLimitHeaderLearner(LimitPart):
 
     def _sync_levels(self, info: RateLimitHeaders, key: str) -> None:
         """On first learning, the buckets hold no more than the provider says remains."""
+        self._sync(info, key, None)
+
+    def _sync(self, info: RateLimitHeaders, key: str, lease: Lease | None) -> None:
+        """Hold no more than the provider has left: what it said remains, less what the
+        other calls in flight were charged (it may not have seen them yet). Anthropic's
+        figures come at the end of a call, after the calls in flight arrived: taken as is.
+
+        This is what keeps a late first burst (connection set-up) from being followed by a
+        second burst the provider's bucket cannot hold: our bucket refilled while the
+        provider's was still spending."""
         now = self._limiter.gate.limiter.clock.now()
+        taps = self._in_flight.get(key, {})
+        own = {r.key: a for r, a in lease.demands} if lease is not None else {}
         for bucket in self._limiter.buckets_for(key, now):
             state = info.dimensions.get(bucket.dimension)
             if state is None or state.remaining is None:
                 continue
-            excess = bucket.level(now) - state.remaining
+            left = state.remaining
+            tap = taps.get(bucket.dimension)
+            if tap is not None and info.source != "anthropic":
+                left -= max(0.0, tap.amount - own.get(tap.key, 0.0))
+            excess = bucket.level(now) - left
             if excess > 0:
                 bucket.charge(excess, now)
 

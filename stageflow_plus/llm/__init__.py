@@ -15,16 +15,30 @@ from .headers import (
     parse_retry_after,
     parse_rfc3339,
 )
+from .usage import (
+    anthropic_usage,
+    chars_per_token,
+    estimate_tokens,
+    find_usage,
+    openai_usage,
+    tiktoken_counter,
+)
 
 __all__ = [
     "RETRYABLE_STATUSES",
     "LimitState",
     "ProviderAnswer",
     "RateLimitHeaders",
+    "anthropic_usage",
+    "chars_per_token",
     "default_retry_after",
+    "estimate_tokens",
+    "find_usage",
+    "openai_usage",
     "parse_duration",
     "parse_rate_limit_headers",
     "parse_retry_after",
     "parse_rfc3339",
     "read_answer",
+    "tiktoken_counter",
 ]
