@@ -155,7 +155,7 @@ def test_validation_and_chain_position() -> None:
     for bad in ({"max_attempts": 0}, {"max_attempts": True}, {"base": -1.0},
                 {"cap": float("inf")}, {"max_pause": float("nan")}, {"budget": "lots"}):
         with pytest.raises(ConfigError):
-            ToolCallRetry(**bad)  # type: ignore[arg-type]
+            ToolCallRetry(**bad)
     with pytest.raises(ConfigError):
         RetryBudget(ratio=-0.1)
     with pytest.raises(ConfigError):

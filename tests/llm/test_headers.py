@@ -160,9 +160,9 @@ def test_parsers_never_raise_and_give_finite_values(headers: dict[str, str], now
         for value in (state.limit, state.remaining, state.reset):
             assert _finite_nonnegative(value)
         assert state.limit is None or state.limit <= MAX_COUNT
-    for value in headers.values():
-        assert _finite_nonnegative(parse_duration(value))
-        assert _finite_nonnegative(parse_rfc3339(value, now))
+    for text in headers.values():
+        assert _finite_nonnegative(parse_duration(text))
+        assert _finite_nonnegative(parse_rfc3339(text, now))
     answer = read_answer({"status": 429, "headers": headers})
     assert answer is not None and _finite_nonnegative(answer.retry_after)
 

@@ -33,7 +33,7 @@ from stageflow_plus.testing import SimpleAction, settle
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-loopback-test"  # the simulator checks no key; never a real one
-MESSAGES = [{"role": "user", "content": "Say hello." * 10}]
+MESSAGES: Any = [{"role": "user", "content": "Say hello." * 10}]
 OPENAI_429 = {"error": {"message": "Rate limit reached", "type": "requests", "param": None,
                         "code": "rate_limit_exceeded"}}
 ANTHROPIC_429 = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
@@ -196,7 +196,8 @@ async def test_anthropic_usage_refunds_unused_max_tokens() -> None:
         stats = plus.chain.statistics()
         for client in clients:
             await client.close()
-    assert isinstance(outs[0], ToolOutput) and outs[0].data["response"].usage.output_tokens == 10
+    assert isinstance(outs[0], ToolOutput) and outs[0].data is not None
+    assert outs[0].data["response"].usage.output_tokens == 10
     assert stats is not None
     output = next(b for b in stats.buckets if b.dimension == "output_tokens")
     assert output.available == pytest.approx(100 - 10, abs=1.0)  # 50 reserved, 40 refunded
