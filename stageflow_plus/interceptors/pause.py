@@ -41,6 +41,8 @@ __all__ = ["DEFAULT_MAX_PAUSE", "PAUSE_KEYS", "PauseGate", "ProviderPause", "che
 
 logger = logging.getLogger("stageflow_plus")
 
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+
 DEFAULT_MAX_PAUSE = 60.0
 """The default cap of a provider pause, in seconds."""
 
@@ -173,8 +175,16 @@ class ProviderPause(LimitPart):
                 out.append((gate, 1.0))
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
-        if result is not None:
-            self._observe(call, result)
+        if type(result) in _PLAIN:
+            return  # the common plain results: nothing to look at
+        data = getattr(result, "data", None)
+        if type(data) is dict:  # a ToolOutput / StageOutput: a success says nothing here
+            status = data.get("status")
+            if type(status) is int and status < 400 and "retry_after" not in data and (
+                "retry_after_ms" not in data
+            ):
+                return
+        self._observe(call, result)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if not isinstance(error, Rejected):

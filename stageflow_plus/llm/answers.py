@@ -127,7 +127,16 @@ def _from_response(response: Any, status: Any, now: float) -> ProviderAnswer | N
                           limits.invalid)
 
 
+_KEYS = frozenset({"status", "status_code", "headers", "retry_after", "retry_after_ms",
+                   "response"})
+
+
 def _from_data(data: Mapping[str, Any], now: float) -> ProviderAnswer | None:
+    try:
+        if _KEYS.isdisjoint(data.keys()):
+            return None  # nothing a provider said
+    except Exception:  # a hostile mapping
+        return None
     response = data.get("response") if "headers" not in data else None
     if response is not None and hasattr(response, "headers") and (
         hasattr(response, "status_code") or hasattr(response, "status")
