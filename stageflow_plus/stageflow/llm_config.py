@@ -125,13 +125,9 @@ def _retry(value: Any, clock: Clock | Callable[[], float] | None) -> ToolCallRet
     options = {k: value[k] for k in ("max_attempts", "base", "cap", "max_pause") if k in value}
     budget = {k[len("budget_"):] if k.startswith("budget_") else k: value[k]
               for k in ("budget_ratio", "budget_window", "min_retries") if k in value}
-    try:
-        made_budget = RetryBudget(**budget) if budget else True
-        if isinstance(made_budget, RetryBudget):
-            retry = ToolCallRetry(**options, budget=made_budget, clock=clock)
-            made_budget._clock = retry._clock.now  # the retry's clock drives its budget
-            return retry
-        return ToolCallRetry(**options, clock=clock)
+    try:  # (the retry passes its clock's time to its budget)
+        return ToolCallRetry(**options, budget=RetryBudget(**budget) if budget else True,
+                             clock=clock)
     except ConfigError as error:
         raise ConfigError(f"{W}.retry: {error}") from error
 
