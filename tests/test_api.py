@@ -11,7 +11,8 @@ import pytest
 import stageflow_plus
 
 PACKAGES = ["stageflow_plus", "stageflow_plus.primitives", "stageflow_plus.interceptors",
-            "stageflow_plus.stageflow", "stageflow_plus.backends", "stageflow_plus.bench"]
+            "stageflow_plus.stageflow", "stageflow_plus.backends", "stageflow_plus.bench",
+            "stageflow_plus.llm"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

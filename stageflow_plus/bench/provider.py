@@ -1,16 +1,29 @@
-"""A strict LLM-style provider on loopback: real HTTP, real 429s, OpenAI-style headers.
+"""A strict LLM provider on loopback: real HTTP, real 429s, OpenAI and Anthropic shapes.
 
-:class:`ProviderSimulator` is an aiohttp server enforcing three limits at once — calls in
+:class:`ProviderSimulator` is an aiohttp server enforcing its limits at once — calls in
 flight, requests per minute and tokens per minute — the way hosted model APIs do: a request
-that would exceed any of them is *refused* with ``429 Too Many Requests`` (never queued), with
-``Retry-After`` and ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers. An
-admitted request sleeps one latency sample and answers ``200 {"tokens": used}``.
+that would exceed any of them is *refused* with ``429 Too Many Requests`` (never queued). An
+admitted request sleeps one latency sample, then answers. It serves three APIs:
 
-Accounting is a token bucket per dimension refilling at ``rpm / 60`` (``tpm / 60``) per
-second and holding ``burst_s`` seconds' worth (a minute's quota is not available at once, as
-with providers that also enforce shorter windows). ``Retry-After`` is in seconds with
-millisecond precision (``"0.125"``), since the benchmark's waits are sub-second;
-``retry-after-ms`` carries the same value in milliseconds.
+* ``POST /v1/chat/completions`` — OpenAI's shape (:mod:`~stageflow_plus.bench.llm_api`).
+  **Provider model (OpenAI's documented one):** TPM is charged at admission as the prompt's
+  tokens plus ``max_tokens`` (× ``n``), and unused ``max_tokens`` are **not** refunded
+  (``ProviderLimits(refund_unused=True)`` models an OpenAI-compatible server that does).
+* ``POST /v1/messages`` — Anthropic's shape. **Provider model (Anthropic's documented one):**
+  requests, input tokens (``input_tpm``; cache reads excluded) and output tokens (``tpm``)
+  are separate buckets; output tokens are charged as ``max_tokens`` at admission and
+  **reconciled to the real output at the end of the request** (the unused part refunded).
+  This is the provider the ``tpm_reconciled`` benchmark target is measured against.
+* ``POST /v1/call`` — the original benchmark API: ``{"tokens": n}`` charged to the TPM
+  bucket, answered ``200 {"tokens": n}``.
+
+Accounting is a token bucket per dimension refilling at ``limit / 60`` per second and holding
+``burst_s`` seconds' worth; with ``quantum_s`` set, each limit is enforced in fixed windows
+of ``quantum_s`` seconds instead (OpenAI may enforce 60 000 RPM as 1 000 per second: bursts
+can 429 below the per-minute limit). Output tokens used per request: the
+``x-simulator-output-tokens`` request header, else ``output_fraction`` of ``max_tokens``.
+:meth:`ProviderSimulator.script` makes the next answers scripted (e.g. a 429 with any
+headers), for tests of each 429 shape.
 
 Counters live server-side (``GET /stats``), so several client processes can share one
 provider::
@@ -33,120 +46,67 @@ import math
 import random
 import signal
 import sys
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
+from .limits_model import ProviderLimits, StrictBucket, format_duration
+from .llm_api import (
+    LlmRequest,
+    anthropic_error,
+    anthropic_message,
+    openai_completion,
+    openai_error,
+    parse_anthropic,
+    parse_openai,
+    rfc3339_in,
+)
+
 __all__ = ["ProviderLimits", "ProviderSimulator", "format_duration", "main"]
 
-
-@dataclass(frozen=True, slots=True)
-class ProviderLimits:
-    """What a provider publishes and enforces.
-
-    :ivar rpm: requests per minute.
-    :ivar tpm: tokens per minute.
-    :ivar max_concurrent: requests in flight at once.
-    :ivar latency_ms: mean service time of an admitted request.
-    :ivar latency_jitter_ms: service times are uniform in ``latency_ms ± latency_jitter_ms``.
-    :ivar burst_s: each bucket holds this many seconds of its rate.
-    """
-
-    rpm: float
-    tpm: float
-    max_concurrent: int
-    latency_ms: float
-    latency_jitter_ms: float = 0.0
-    burst_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (self.rpm > 0 and self.tpm > 0 and self.max_concurrent >= 1):
-            raise ValueError(f"provider limits must be positive, got {self!r}")
-        if not 0 <= self.latency_jitter_ms <= self.latency_ms or self.burst_s <= 0:
-            raise ValueError(f"need 0 <= jitter <= latency and burst_s > 0, got {self!r}")
-
-    @property
-    def request_burst(self) -> float:
-        """Capacity of the requests bucket."""
-        return max(1.0, self.rpm / 60.0 * self.burst_s)
-
-    @property
-    def token_burst(self) -> float:
-        """Capacity of the tokens bucket (the largest call the provider accepts)."""
-        return self.tpm / 60.0 * self.burst_s
-
-    def max_calls_per_second(self, mean_tokens: float) -> float:
-        """Sustainable throughput: the tightest of RPM, TPM and ``max_concurrent / latency``."""
-        by_tokens = self.tpm / 60.0 / mean_tokens if mean_tokens > 0 else math.inf
-        return min(self.rpm / 60.0, by_tokens, self.max_concurrent / (self.latency_ms / 1000.0))
-
-    def max_calls_in(self, seconds: float, mean_tokens: float) -> float:
-        """Most calls the provider can complete in ``seconds`` from full buckets."""
-        by_requests = self.request_burst + self.rpm / 60.0 * seconds
-        by_tokens = (
-            (self.token_burst + self.tpm / 60.0 * seconds) / mean_tokens
-            if mean_tokens > 0
-            else math.inf
-        )
-        by_slots = self.max_concurrent * max(seconds, 0.0) / (self.latency_ms / 1000.0)
-        return min(by_requests, by_tokens, by_slots)
-
-
-def format_duration(seconds: float) -> str:
-    """OpenAI's reset format: ``"250ms"``, ``"1.5s"``, ``"2m0.5s"``."""
-    if seconds < 1.0:
-        return f"{max(0, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60.0)
-    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
-
-
-class _Bucket:
-    """A strict token bucket: take all or nothing, report when ``amount`` will fit."""
-
-    __slots__ = ("capacity", "level", "rate", "updated")
-
-    def __init__(self, capacity: float, rate: float, now: float) -> None:
-        self.capacity = capacity
-        self.rate = rate
-        self.level = capacity
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until ``amount`` fits (0 when it fits now)."""
-        self.refill(now)
-        return max(0.0, (amount - self.level) / self.rate)
-
-    def until_full(self) -> float:
-        return (self.capacity - self.level) / self.rate
+LOG_CAP = 200_000
+"""Most per-request entries kept in the simulator's logs (``ok_log``, ``log_429``)."""
 
 
 class ProviderSimulator:
     """The provider as an aiohttp server on ``host:port`` (``port=0`` picks a free one).
 
-    Use ``async with ProviderSimulator(limits) as sim:`` and call ``sim.url + "/v1/call"``;
-    or :meth:`start` / :meth:`stop`. :meth:`stats` returns the same JSON as ``GET /stats``.
+    Use ``async with ProviderSimulator(limits) as sim:`` and call ``sim.url + "/v1/..."``
+    (point a client's ``base_url`` at ``sim.url + "/v1"``); or :meth:`start` / :meth:`stop`.
+    :meth:`stats` returns the same JSON as ``GET /stats``.
 
     :param limits: what the provider enforces.
     :param seed: seeds the latency samples (runs are reproducible).
+    :param output_fraction: output tokens used, as a fraction of ``max_tokens``, when a
+        request does not say (``x-simulator-output-tokens``).
+    :param wall_clock: POSIX time for RFC 3339 resets (default ``time.time``).
     """
 
     def __init__(
-        self, limits: ProviderLimits, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0
+        self, limits: ProviderLimits, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
+        output_fraction: float = 1.0, wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if not 0 <= output_fraction <= 1:
+            raise ValueError(f"output_fraction must be in [0, 1], got {output_fraction!r}")
         self.limits = limits
         self.host = host
         self.port = port
+        self.output_fraction = output_fraction
+        self._wall = wall_clock
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
-        self._requests: _Bucket | None = None
-        self._tokens: _Bucket | None = None
+        self._buckets: dict[str, StrictBucket] = {}
+        self._script: list[tuple[int, dict[str, str], Any]] = []
+        self._t0 = 0.0
         self.in_flight = 0
         self.counters: dict[str, Any] = {}
+        #: per admitted request: (seconds since reset, input tokens billed, output billed)
+        self.ok_log: list[tuple[float, int, int]] = []
+        #: per 429 answered: seconds since reset
+        self.log_429: list[float] = []
         self.reset()
 
     @property
@@ -155,17 +115,32 @@ class ProviderSimulator:
         return f"http://{self.host}:{self.port}"
 
     def reset(self) -> None:
-        """Zero the counters and refill both buckets."""
+        """Zero the counters and logs, refill every bucket, restart the clock of the logs."""
         self.counters = {
             "requests": 0,
             "ok": 0,
             "http_429": 0,
-            "http_429_by_reason": {"concurrency": 0, "requests": 0, "tokens": 0},
+            "http_429_by_reason": {"concurrency": 0, "requests": 0, "tokens": 0,
+                                   "input_tokens": 0},
             "max_concurrent_observed": 0,
             "tokens": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "charged_tokens": 0,
+            "refunded_tokens": 0,
+            "scripted": 0,
             "bad_requests": 0,
         }
-        self._requests = self._tokens = None  # created full on the next request
+        self._buckets = {}  # created full on the next request
+        self.ok_log, self.log_429 = [], []
+        with contextlib.suppress(RuntimeError):
+            self._t0 = asyncio.get_running_loop().time()
+
+    def script(self, status: int, headers: Mapping[str, str] | None = None, body: Any = None,
+               *, count: int = 1) -> None:
+        """Answer the next ``count`` requests (any endpoint) with ``status``, ``headers`` and
+        a JSON ``body``, before any limit is checked — e.g. a 429 in a particular shape."""
+        self._script.extend([(status, dict(headers or {}), body)] * count)
 
     def stats(self) -> dict[str, Any]:
         """Counters, the limits and the calls in flight now (JSON-ready)."""
@@ -180,6 +155,8 @@ class ProviderSimulator:
         """Start listening; afterwards :attr:`url` has the real port."""
         app = web.Application()
         app.router.add_post("/v1/call", self._call)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/reset", self._reset)
         self._runner = web.AppRunner(app, access_log=None)
@@ -189,6 +166,7 @@ class ProviderSimulator:
         addresses = self._runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
+        self._t0 = asyncio.get_running_loop().time()
 
     async def stop(self) -> None:
         """Stop listening and close connections."""
@@ -203,7 +181,74 @@ class ProviderSimulator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    # handlers -------------------------------------------------------------------------------
+    # accounting ---------------------------------------------------------------------------
+    def _bucket(self, name: str, now: float) -> StrictBucket:
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            lim = self.limits
+            per_minute = {"requests": lim.rpm, "tokens": lim.tpm,
+                          "input_tokens": lim.input_tpm or 0.0}[name]
+            bucket = self._buckets[name] = StrictBucket(per_minute, lim.burst_s, now, lim.quantum_s,
+                                                   at_least_one=name == "requests")
+        return bucket
+
+    def _admit(self, needs: dict[str, float], now: float) -> tuple[str, float] | None:
+        """Take every need, or none: ``(reason, wait)`` when refused."""
+        if self.in_flight >= self.limits.max_concurrent:
+            return "concurrency", self.limits.latency_ms / 1000.0 / 2
+        waits = {name: self._bucket(name, now).wait_for(amount, now)
+                 for name, amount in needs.items()}
+        worst = max(waits, key=lambda n: waits[n])
+        if waits[worst] > 0:
+            return worst, waits[worst]
+        for name, amount in needs.items():
+            self._buckets[name].level -= amount
+        return None
+
+    def _refused(self, reason: str, now: float) -> None:
+        self.counters["http_429"] += 1
+        self.counters["http_429_by_reason"][reason] += 1
+        if len(self.log_429) < LOG_CAP:
+            self.log_429.append(now - self._t0)
+
+    async def _serve(self) -> None:
+        self.in_flight += 1
+        counters = self.counters
+        counters["max_concurrent_observed"] = max(counters["max_concurrent_observed"],
+                                                  self.in_flight)
+        try:
+            lim = self.limits
+            jitter = lim.latency_jitter_ms
+            latency = lim.latency_ms + (self._random.uniform(-jitter, jitter) if jitter else 0.0)
+            await asyncio.sleep(latency / 1000.0)
+        finally:
+            self.in_flight -= 1  # before the answer is written: the client sees a free slot
+
+    def _scripted(self) -> web.Response | None:
+        if not self._script:
+            return None
+        status, headers, body = self._script.pop(0)
+        self.counters["requests"] += 1
+        self.counters["scripted"] += 1
+        return web.json_response(body if body is not None else {}, status=status,
+                                 headers=headers)
+
+    def _output_tokens(self, request: web.Request, max_tokens: int) -> int:
+        raw = request.headers.get("x-simulator-output-tokens")
+        if raw is not None and raw.isdigit():
+            return min(max_tokens, int(raw))
+        return min(max_tokens, round(max_tokens * self.output_fraction))
+
+    def _log_ok(self, now: float, input_tokens: int, output_tokens: int) -> None:
+        counters = self.counters
+        counters["ok"] += 1
+        counters["input_tokens"] += input_tokens
+        counters["output_tokens"] += output_tokens
+        counters["tokens"] += input_tokens + output_tokens
+        if len(self.ok_log) < LOG_CAP:
+            self.ok_log.append((now - self._t0, input_tokens, output_tokens))
+
+    # handlers ---------------------------------------------------------------------------
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
@@ -211,32 +256,37 @@ class ProviderSimulator:
         self.reset()
         return web.json_response({"ok": True})
 
-    def _headers(self, now: float) -> dict[str, str]:
-        assert self._requests is not None and self._tokens is not None
+    def _openai_headers(self) -> dict[str, str]:
         lim = self.limits
+        requests, tokens = self._buckets["requests"], self._buckets["tokens"]
         return {
             "x-ratelimit-limit-requests": f"{lim.rpm:g}",
-            "x-ratelimit-remaining-requests": str(max(0, math.floor(self._requests.level))),
-            "x-ratelimit-reset-requests": format_duration(self._requests.until_full()),
+            "x-ratelimit-remaining-requests": str(max(0, math.floor(requests.level))),
+            "x-ratelimit-reset-requests": format_duration(requests.until_full()),
             "x-ratelimit-limit-tokens": f"{lim.tpm:g}",
-            "x-ratelimit-remaining-tokens": str(max(0, math.floor(self._tokens.level))),
-            "x-ratelimit-reset-tokens": format_duration(self._tokens.until_full()),
+            "x-ratelimit-remaining-tokens": str(max(0, math.floor(tokens.level))),
+            "x-ratelimit-reset-tokens": format_duration(tokens.until_full()),
         }
 
-    def _refuse(self, reason: str, retry_after: float, now: float) -> web.Response:
-        counters = self.counters
-        counters["http_429"] += 1
-        counters["http_429_by_reason"][reason] += 1
-        headers = self._headers(now)
-        seconds = max(0.001, retry_after)
-        headers["retry-after"] = f"{seconds:.3f}"
-        headers["retry-after-ms"] = str(math.ceil(seconds * 1000))
-        body = {"error": {"type": "rate_limit_exceeded", "reason": reason,
-                          "retry_after": round(seconds, 3)}}
-        return web.json_response(body, status=429, headers=headers)
+    def _anthropic_headers(self) -> dict[str, str]:
+        lim, wall = self.limits, self._wall()
+        headers: dict[str, str] = {}
+        for name, label, limit in (("requests", "requests", lim.rpm),
+                                   ("tokens", "output-tokens", lim.tpm),
+                                   ("input_tokens", "input-tokens", lim.input_tpm)):
+            bucket = self._buckets.get(name)
+            if bucket is None or limit is None:
+                continue
+            prefix = f"anthropic-ratelimit-{label}"
+            headers[prefix + "-limit"] = f"{limit:.0f}"
+            headers[prefix + "-remaining"] = str(max(0, math.floor(bucket.level)))
+            headers[prefix + "-reset"] = rfc3339_in(bucket.until_full(), wall)
+        return headers
 
     async def _call(self, request: web.Request) -> web.Response:
-        loop = asyncio.get_running_loop()
+        scripted = self._scripted()
+        if scripted is not None:
+            return scripted
         try:
             body = await request.json()
             tokens = int(body.get("tokens", 0))
@@ -245,42 +295,105 @@ class ProviderSimulator:
         except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
             self.counters["bad_requests"] += 1
             return web.json_response({"error": {"type": "invalid_request"}}, status=400)
-        now = loop.time()
-        lim = self.limits
-        if self._requests is None or self._tokens is None:
-            self._requests = _Bucket(lim.request_burst, lim.rpm / 60.0, now)
-            self._tokens = _Bucket(lim.token_burst, lim.tpm / 60.0, now)
-        counters = self.counters
-        counters["requests"] += 1
-        if tokens > lim.token_burst:
-            counters["bad_requests"] += 1
+        now = asyncio.get_running_loop().time()
+        self.counters["requests"] += 1
+        if tokens > self.limits.token_burst:
+            self.counters["bad_requests"] += 1
             return web.json_response(
-                {"error": {"type": "context_length_exceeded", "max_tokens": lim.token_burst}},
-                status=400,
-            )
-        if self.in_flight >= lim.max_concurrent:
-            return self._refuse("concurrency", lim.latency_ms / 1000.0 / 2, now)
-        wait_requests = self._requests.wait_for(1.0, now)
-        wait_tokens = self._tokens.wait_for(float(tokens), now)
-        if wait_requests > 0 or wait_tokens > 0:
-            reason = "requests" if wait_requests >= wait_tokens else "tokens"
-            return self._refuse(reason, max(wait_requests, wait_tokens), now)
-        self._requests.level -= 1.0
-        self._tokens.level -= tokens
-        headers = self._headers(now)
-        self.in_flight += 1
-        counters["max_concurrent_observed"] = max(
-            counters["max_concurrent_observed"], self.in_flight
-        )
-        try:
-            jitter = lim.latency_jitter_ms
-            latency = lim.latency_ms + (self._random.uniform(-jitter, jitter) if jitter else 0.0)
-            await asyncio.sleep(latency / 1000.0)
-        finally:
-            self.in_flight -= 1  # before the answer is written: the client sees a free slot
-        counters["ok"] += 1
-        counters["tokens"] += tokens
+                {"error": {"type": "context_length_exceeded",
+                           "max_tokens": self.limits.token_burst}}, status=400)
+        refused = self._admit({"requests": 1.0, "tokens": float(tokens)}, now)
+        if refused is not None:
+            reason, wait = refused
+            self._refused(reason, now)
+            headers = self._openai_headers() if "tokens" in self._buckets else {}
+            seconds = max(0.001, wait)
+            headers["retry-after"] = f"{seconds:.3f}"
+            headers["retry-after-ms"] = str(math.ceil(seconds * 1000))
+            body = {"error": {"type": "rate_limit_exceeded", "reason": reason,
+                              "retry_after": round(seconds, 3)}}
+            return web.json_response(body, status=429, headers=headers)
+        headers = self._openai_headers()
+        await self._serve()
+        self._log_ok(now, 0, tokens)
         return web.json_response({"tokens": tokens}, headers=headers)
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        scripted = self._scripted()
+        if scripted is not None:
+            return scripted
+        try:
+            llm = parse_openai(await request.json())
+        except (ValueError, TypeError, json.JSONDecodeError) as error:
+            self.counters["bad_requests"] += 1
+            return web.json_response({"error": {"message": str(error), "type":
+                                                "invalid_request_error", "param": None,
+                                                "code": None}}, status=400)
+        now = asyncio.get_running_loop().time()
+        self.counters["requests"] += 1
+        charge = llm.prompt_tokens + llm.max_tokens
+        if charge > self.limits.token_burst:
+            self.counters["bad_requests"] += 1
+            return web.json_response(openai_error("tokens", self.limits.tpm, 0.0), status=400)
+        refused = self._admit({"requests": 1.0, "tokens": float(charge)}, now)
+        if refused is not None:
+            reason, wait = refused
+            self._refused(reason, now)
+            headers = self._openai_headers()
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+            limit = {"requests": self.limits.rpm, "tokens": self.limits.tpm}.get(
+                reason, float(self.limits.max_concurrent))
+            return web.json_response(openai_error(reason, limit, wait), status=429,
+                                     headers=headers)
+        headers = self._openai_headers()
+        self.counters["charged_tokens"] += charge
+        await self._serve()
+        output = self._output_tokens(request, llm.max_tokens)
+        if self.limits.refund_unused:
+            self._refund("tokens", charge - llm.prompt_tokens - output)
+        self._log_ok(now, llm.prompt_tokens, output)
+        return web.json_response(openai_completion(llm, output, int(self._wall())),
+                                 headers=headers)
+
+    def _refund(self, bucket: str, amount: float) -> None:
+        if amount > 0:
+            self._buckets[bucket].give_back(amount)
+            self.counters["refunded_tokens"] += amount
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        scripted = self._scripted()
+        if scripted is not None:
+            return scripted
+        try:
+            llm: LlmRequest = parse_anthropic(await request.json())
+        except (ValueError, TypeError, json.JSONDecodeError) as error:
+            self.counters["bad_requests"] += 1
+            return web.json_response({"type": "error", "error": {
+                "type": "invalid_request_error", "message": str(error)}}, status=400)
+        now = asyncio.get_running_loop().time()
+        self.counters["requests"] += 1
+        needs = {"requests": 1.0, "tokens": float(llm.max_tokens)}
+        if self.limits.input_tpm is not None:
+            needs["input_tokens"] = float(llm.prompt_tokens)
+        if llm.max_tokens > self.limits.token_burst:
+            self.counters["bad_requests"] += 1
+            return web.json_response(anthropic_error("output tokens per minute"), status=400)
+        refused = self._admit(needs, now)
+        if refused is not None:
+            reason, wait = refused
+            self._refused(reason, now)
+            headers = self._anthropic_headers()
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            return web.json_response(anthropic_error(reason.replace("_", " ")), status=429,
+                                     headers=headers)
+        self.counters["charged_tokens"] += llm.max_tokens
+        await self._serve()
+        output = self._output_tokens(request, llm.max_tokens)
+        self._refund("tokens", llm.max_tokens - output)  # reconciled at the end of the request
+        headers = self._anthropic_headers()
+        self._log_ok(now, llm.prompt_tokens, output)
+        return web.json_response(anthropic_message(llm, output), headers=headers)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

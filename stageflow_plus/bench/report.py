@@ -116,6 +116,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("")
     lines.append("eff = throughput / provider's sustainable max; eff* = completed / most the "
                  "provider could complete in the span incl. its initial burst (<= 1)")
+    if "llm" in result:
+        from .llm_bench import format_llm_table
+
+        lines.append(format_llm_table(result["llm"]))
     targets = result.get("targets") or {}
     if targets:
         lines.append("")

@@ -265,6 +265,7 @@ def run_bench(
     plot_dir: str | None = None,
     progress: bool = True,
     strategies: Sequence[str] | None = None,
+    llm: bool = True,
 ) -> dict[str, Any]:
     """Every strategy on every workload; prints the table, writes JSON and plots if asked.
 
@@ -273,6 +274,8 @@ def run_bench(
     :param plot_dir: write PNG plots into this directory (needs matplotlib).
     :param progress: draw a progress bar on stderr.
     :param strategies: a subset of :data:`~stageflow_plus.bench.strategies.STRATEGIES`.
+    :param llm: also run the LLM scenarios with the real clients
+        (:mod:`~stageflow_plus.bench.llm_bench`; their targets join ``targets``).
     :returns: the result: ``strategies`` (headline per strategy), ``workloads`` (every
         metric per workload and strategy), ``overhead_us_per_call``, ``targets``.
     """
@@ -282,6 +285,13 @@ def run_bench(
     result, records = asyncio.run(
         _bench(_workloads(quick, limits), limits, names, progress=progress)
     )
+    if llm:
+        from .llm_bench import run_llm_bench
+
+        bar = Progress(1, enabled=progress)
+        result["llm"] = run_llm_bench(quick=quick, progress=_label(bar))
+        bar.close()
+        result["targets"].update(result["llm"]["targets"])
     result["quick"] = quick
     result["core"] = str(_accel.status())
     print(format_table(result))
@@ -296,6 +306,14 @@ def run_bench(
         for path in write_plots(records, result, limits, plot_dir):
             print(f"wrote {path}", file=sys.stderr)
     return result
+
+
+def _label(bar: Progress) -> Callable[[str], None]:
+    def show(name: str) -> None:
+        bar.label = f"llm / {name}"
+        bar.draw()
+
+    return show
 
 
 def run_demo(*, progress: bool = True) -> dict[str, Any]:

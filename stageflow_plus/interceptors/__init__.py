@@ -10,16 +10,16 @@ from .call import Proceed, ToolCall, ToolCallInterceptor
 from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
 from .gate import AdmissionGate, LimitPart
+from .learner import RateLimitHeaderLearner, default_headers_of
+from .llm_cost import TokenEstimate
 from .observe import MultiListener, StructlogListener
+from .pause import PauseGate, ProviderPause
 from .priority import PriorityFairQueue
-from .provider_feedback import (
-    ProviderSettings,
-    RateLimitHeaderLearner,
-    default_headers_of,
-    limits_from_provider,
-    parse_duration,
-)
+from .provider_feedback import ProviderSettings, limits_from_provider, parse_duration
 from .rate import TokenBucketRateLimiter, default_retry_after
+from .retry import RetryDecision, RetryStatistics, ToolCallRetry
+from .retry_budget import RetryBudget, RetryBudgetStatistics
+from .usage_reconciler import UsageReconciler
 
 _accel.restore_docs()  # the compiled gate's docstrings
 
@@ -32,16 +32,25 @@ __all__ = [
     "LimitPart",
     "MultiListener",
     "Partition",
+    "PauseGate",
     "PriorityFairQueue",
     "Proceed",
+    "ProviderPause",
     "ProviderSettings",
     "RateLimitHeaderLearner",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "RetryDecision",
+    "RetryStatistics",
     "StructlogListener",
     "TokenBucketRateLimiter",
+    "TokenEstimate",
     "ToolCall",
     "ToolCallChain",
     "ToolCallInterceptor",
+    "ToolCallRetry",
     "ToolCircuitBreaker",
+    "UsageReconciler",
     "default_headers_of",
     "default_is_failure",
     "default_retry_after",

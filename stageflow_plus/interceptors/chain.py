@@ -13,6 +13,11 @@ stand next to each other (they are one step); at most one of each; an intercepto
 class sets ``outside_limits = True`` (e.g. a circuit breaker, a retry-with-backoff) stands
 before them, so an open breaker spends no permit or token and a retry's backoff holds none.
 
+A chain with limiter interceptors also holds a
+:class:`~stageflow_plus.interceptors.pause.ProviderPause` in its admission step (added as
+``ProviderPause()``, keyed by tool, unless you list one or pass ``provider_pause=False``): a
+provider's Retry-After then pauses the key for every caller, whatever limiters you chose.
+
 .. versionadded:: 0.1.0
 """
 
@@ -30,6 +35,7 @@ from .call import Proceed, ToolCall, ToolCallInterceptor
 from .concurrency import ConcurrencyLimiter
 from .gate import AdmissionGate, LimitPart, unenforced_limits
 from .observe import MultiListener, StructlogListener
+from .pause import ProviderPause
 from .priority import PriorityFairQueue
 from .rate import TokenBucketRateLimiter
 
@@ -64,9 +70,11 @@ class ToolCallChain:
     :param clock: the clock of the shared limiter (default: the loop's clock).
     :param listener: limiter events go here (default: :class:`StructlogListener`).
     :param name: the limiter's name in errors, events and statistics.
+    :param provider_pause: add a ``ProviderPause()`` to the admission step when none is
+        listed (default ``True``; see the module docstring).
     """
 
-    __slots__ = ("_gate_only", "gate", "interceptors", "steps")
+    __slots__ = ("_gate_only", "gate", "interceptors", "pause", "steps")
 
     def __init__(
         self,
@@ -75,7 +83,10 @@ class ToolCallChain:
         clock: Clock | Callable[[], float] | None = None,
         listener: LimiterListener | None = None,
         name: str = "stageflow-plus",
+        provider_pause: bool = True,
     ) -> None:
+        if not isinstance(provider_pause, bool):
+            raise ConfigError(f"provider_pause must be True or False, got {provider_pause!r}")
         self.interceptors = tuple(interceptors)
         for index, step in enumerate(self.interceptors):
             if not callable(step):
@@ -101,6 +112,8 @@ class ToolCallChain:
                     f"(outside_limits=True): it is #{index}, the limits start at #{positions[0]}"
                 )
         self.gate: AdmissionGate | None = None
+        #: the pause step of the admission step (``None`` without limiters or when off)
+        self.pause: ProviderPause | None = None
         steps: list[ToolCallInterceptor] = []
         for index, step in enumerate(self.interceptors):
             if positions and index == positions[0]:
@@ -112,6 +125,11 @@ class ToolCallChain:
                         else len(LIMITER_ORDER)
                     )
                 )
+                pauses = [p for p in parts if isinstance(p, ProviderPause)]
+                if not pauses and provider_pause:
+                    pauses.append(ProviderPause())
+                    parts.append(pauses[0])
+                self.pause = pauses[0] if pauses else None
                 self.gate = AdmissionGate(
                     parts,  # type: ignore[arg-type]  # all LimitPart by construction
                     clock=clock,

@@ -5,16 +5,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..llm.answers import default_retry_after
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import Rate, Resource, TokenBucket
 from ..primitives.stats import BucketStatistics
 from .call import ToolCall
 from .gate import LimitPart
+from .pause import DEFAULT_MAX_PAUSE, check_seconds
+
+logger = logging.getLogger("stageflow_plus")
 
 __all__ = ["TokenBucketRateLimiter", "default_retry_after"]
 
@@ -23,40 +28,6 @@ KEYS: dict[str, Callable[[ToolCall], str]] = {
     "tool": lambda call: call.tool,
     "tenant": lambda call: call.tenant,
 }
-
-
-_PLAIN = frozenset({str, bytes, int, float, bool, list, tuple})
-
-
-def default_retry_after(outcome: Any) -> float | None:
-    """Find a provider's ``Retry-After`` (seconds) in a tool result or exception.
-
-    Understands: objects with a numeric ``retry_after`` attribute (Stageflow's
-    ``RateLimitError``, :class:`~stageflow_plus.stageflow.ProviderRateLimited`); results
-    whose ``data`` mapping has ``retry_after`` (a Stageflow ``ToolOutput``); mappings with
-    ``retry_after``; and HTTP responses with ``status_code == 429`` and a ``Retry-After``
-    header in seconds. Returns ``None`` when the outcome is not a rate-limit answer.
-    """
-    if outcome is None or type(outcome) in _PLAIN:
-        return None  # the common results: nothing to look at (subclasses are looked at)
-    value = getattr(outcome, "retry_after", None)
-    if value is None:
-        data = getattr(outcome, "data", None)
-        if isinstance(outcome, Mapping):
-            data = outcome
-        if isinstance(data, Mapping):
-            value = data.get("retry_after")
-    if value is None and getattr(outcome, "status_code", None) == 429:
-        headers = getattr(outcome, "headers", None)
-        if headers is not None:
-            value = headers.get("retry-after")
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 and not math.isnan(seconds) else None
 
 
 class TokenBucketRateLimiter(LimitPart):
@@ -72,8 +43,11 @@ class TokenBucketRateLimiter(LimitPart):
     :param actual_cost: reads the actual cost from a tool result (e.g. the tokens a provider
         billed); the difference to the estimate is charged or refunded at once, so the next
         admissions reflect it.
-    :param retry_after: finds a provider's ``Retry-After`` in a result or exception (default
-        :func:`default_retry_after`); when found, the key is paused for *every* caller.
+    :param retry_after: finds a provider's ``Retry-After`` in a result or exception (e.g.
+        :func:`default_retry_after`) and pauses *this limiter's* buckets of the call's key.
+        Off by default: the chain's :class:`~stageflow_plus.interceptors.pause.ProviderPause`
+        pauses every caller on its own key, whatever limiters the chain holds.
+    :param max_pause: the longest pause of :meth:`pause`, in seconds (default 60).
 
     Burst: a bucket holds at most ``burst`` units (default: one period's ``limit``) and
     starts full unless ``Rate(start_full=False)``; in any interval of length ``t`` it admits
@@ -85,6 +59,8 @@ class TokenBucketRateLimiter(LimitPart):
         "_actual_cost",
         "_buckets",
         "_key",
+        "_max_pause",
+        "_paused_logged",
         "_per_key",
         "_rates",
         "_retry_after",
@@ -102,9 +78,13 @@ class TokenBucketRateLimiter(LimitPart):
         key: str | Callable[[ToolCall], str] = "global",
         per_key_rates: Mapping[str, Rate | Sequence[Rate]] | None = None,
         actual_cost: Callable[[Any], Mapping[str, float] | None] | None = None,
-        retry_after: Callable[[Any], float | None] | None = default_retry_after,
+        retry_after: Callable[[Any], float | None] | None = None,
+        max_pause: float = DEFAULT_MAX_PAUSE,
     ) -> None:
         super().__init__()
+        self._max_pause = check_seconds(max_pause, "TokenBucketRateLimiter max_pause",
+                                        allow_zero=False)
+        self._paused_logged: dict[str, float] = {}  # key -> until, for "log once per pause"
         self._rates = self._check_rates(rates, "rates")
         if isinstance(key, str):
             if key not in KEYS:
@@ -191,17 +171,26 @@ class TokenBucketRateLimiter(LimitPart):
                 del self._run_buckets[slot]
 
     def pause(self, key: str, retry_after: float) -> None:
-        """Stop ``key`` for every caller for ``retry_after`` seconds (a provider's 429)."""
-        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
-            raise TypeError(f"retry_after must be a number of seconds, got {retry_after!r}")
-        if retry_after < 0 or math.isnan(retry_after):
-            raise ValueError(f"retry_after must be >= 0, got {retry_after!r}")
+        """Stop ``key``'s buckets for every caller for ``retry_after`` seconds.
+
+        Capped at ``max_pause`` (logged once per key and pause); a later pause never
+        shortens a running one. :raises ConfigError: not a finite number ``>= 0``.
+        """
+        seconds = check_seconds(retry_after, "TokenBucketRateLimiter.pause retry_after")
         now = self.gate.limiter.clock.now()
+        if seconds > self._max_pause:
+            if self._paused_logged.get(key, -math.inf) <= now:
+                logger.warning("stageflow_plus: pause of rate key %r for %.6gs capped at "
+                               "max_pause=%gs", key, seconds, self._max_pause)
+            seconds = self._max_pause
+            if len(self._paused_logged) > 1024:  # bounded: forget pauses that ended
+                self._paused_logged = {k: t for k, t in self._paused_logged.items() if t > now}
+            self._paused_logged[key] = now + seconds
         for bucket in self.buckets_for(key, now):
-            bucket.pause(now + retry_after)
+            bucket.pause(now + seconds)
         on_paused = getattr(self.gate.limiter.listener, "on_paused", None)
         if on_paused is not None:
-            on_paused(key, retry_after)
+            on_paused(key, seconds)
         self.gate.limiter.dispatch()
 
     def set_rates(self, rates: Rate | Sequence[Rate], *, key: str | None = None) -> None:
@@ -233,9 +222,7 @@ class TokenBucketRateLimiter(LimitPart):
             if actual:
                 lease.adjust(actual)
         if result is not None and self._retry_after is not None:
-            seconds = self._retry_after(result)
-            if seconds is not None:
-                self.pause(self._key(call), seconds)
+            self._maybe_pause(call, result)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if isinstance(error, Rejected):
@@ -246,8 +233,13 @@ class TokenBucketRateLimiter(LimitPart):
         if self._retry_after is None:
             return
         seconds = self._retry_after(outcome)
-        if seconds is not None:
+        if seconds is None:
+            return
+        try:
             self.pause(self._key(call), seconds)
+        except ConfigError:  # a provider's unusable value: ignored, never raised at a caller
+            logger.warning("stageflow_plus: ignored an unusable provider wait %r for rate key "
+                           "%r", seconds, self._key(call))
 
     def bucket_statistics(self, now: float) -> tuple[BucketStatistics, ...]:
         return tuple(

@@ -77,6 +77,7 @@ from .config_schema import MOVED, check_sections, max_priority_of, normalize_rat
 from .dimensions import dimension_watch
 from .env import ENV_PREFIX, apply_env
 from .order import check_order
+from .llm_config import LLM_KEYS, with_llm_steps
 from .overrides import Ceilings
 from .plugins import load_interceptor
 from .redact import redact_error, redact_url, show
@@ -119,10 +120,14 @@ SECTIONS: dict[str, frozenset[str]] = {
     "interceptor_order": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
     "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
+    "llm": LLM_KEYS,  # schema and steps: stageflow_plus.stageflow.llm_config
 }
 """Every section and its keys (an empty set: free keys, or not a table)."""
 
-COST_SECTIONS: dict[str, Callable[[Mapping[str, Any]], Iterable[str]]] = {}
+COST_SECTIONS: dict[str, Callable[[Mapping[str, Any]], Iterable[str]]] = {
+    # [llm] estimates and reconciles token costs (its own rate limiter charges them)
+    "llm": lambda section: ("tokens", "input_tokens", "output_tokens"),
+}
 """Sections that declare costs, and the dimensions each one charges. When a config holds one
 of them, a rate whose dimension none of them (nor ``requests``) charges is refused at build;
 otherwise such a bucket is watched and warned about at run time."""
@@ -345,6 +350,7 @@ def _build(
         steps.extend(_memory_limits(cfg))
     else:
         steps.extend(_global_limits(cfg, backend, clock))
+    steps = with_llm_steps(cfg, steps, clock)  # [stageflow_plus.llm], if any
     chain = ToolCallChain(steps, clock=clock)
 
     scope = CallScopeInterceptor(ceilings=ceilings, clock=clock)

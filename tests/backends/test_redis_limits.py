@@ -322,7 +322,7 @@ def test_backend_from_url_validates() -> None:
 
 async def test_memory_backend_builds_the_same_chain() -> None:
     chain = ToolCallChain(MemoryBackend().limits(concurrency=2, rates=Rate(100, per=1)))
-    assert chain.gate is not None and len(chain.gate.parts) == 2
+    assert chain.gate is not None and len(chain.gate.parts) == 3  # + the chain's ProviderPause
     assert await chain.run(ToolCall("t"), _ok) == "ok"
 
 

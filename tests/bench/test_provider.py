@@ -53,7 +53,8 @@ async def test_requests_per_minute_and_openai_style_headers() -> None:
     assert 0 < float(third.headers["retry-after"]) <= 0.5
     assert int(third.headers["retry-after-ms"]) <= 500
     assert third.json()["error"]["reason"] == "requests"
-    assert stats["http_429_by_reason"] == {"concurrency": 0, "requests": 1, "tokens": 0}
+    assert stats["http_429_by_reason"] == {"concurrency": 0, "requests": 1, "tokens": 0,
+                                           "input_tokens": 0}
 
 
 async def test_tokens_per_minute_and_oversized_calls() -> None:
@@ -105,3 +106,40 @@ def test_subprocess_mode_prints_its_url_and_serves_stats() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_openai_and_anthropic_shapes_usage_headers_and_reconciliation() -> None:
+    limits = ProviderLimits(rpm=60_000, tpm=60_000, max_concurrent=10, latency_ms=1,
+                            input_tpm=60_000)
+    messages = [{"role": "user", "content": "x" * 40}]
+    async with ProviderSimulator(limits, output_fraction=0.5) as sim, \
+            httpx.AsyncClient() as client:
+        chat = await client.post(f"{sim.url}/v1/chat/completions",
+                                 json={"model": "m", "messages": messages, "max_tokens": 100})
+        message = await client.post(f"{sim.url}/v1/messages",
+                                    json={"model": "m", "messages": messages, "max_tokens": 100},
+                                    headers={"x-simulator-output-tokens": "7"})
+        bad = await client.post(f"{sim.url}/v1/messages", json={"messages": messages})
+        stats = sim.stats()
+    assert chat.status_code == 200 and message.status_code == 200 and bad.status_code == 400
+    assert chat.json()["usage"] == {"prompt_tokens": 10, "completion_tokens": 50,
+                                    "total_tokens": 60}
+    assert chat.json()["object"] == "chat.completion"
+    assert chat.headers["x-ratelimit-remaining-tokens"] == str(1000 - 110)  # not refunded
+    usage = message.json()["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (10, 7)
+    assert message.headers["anthropic-ratelimit-output-tokens-limit"] == "60000"
+    assert message.headers["anthropic-ratelimit-output-tokens-reset"].endswith("Z")
+    assert stats["refunded_tokens"] == 93  # Anthropic reconciles its output tokens
+
+
+async def test_quantised_windows_and_scripted_answers() -> None:
+    limits = ProviderLimits(rpm=600, tpm=1e9, max_concurrent=100, latency_ms=1, quantum_s=1.0)
+    async with ProviderSimulator(limits) as sim, httpx.AsyncClient() as client:
+        sim.script(429, {"retry-after": "7"}, {"error": {"type": "scripted"}})
+        scripted = await _call(client, sim.url)
+        codes = [(await _call(client, sim.url)).status_code for _ in range(12)]
+    assert scripted.status_code == 429 and scripted.headers["retry-after"] == "7"
+    assert sim.counters["scripted"] == 1
+    assert codes.count(200) in (10, 11, 12) and codes.count(429) >= 0  # 10 per window
+    assert codes[:10] == [200] * 10 or codes.count(200) > 10  # a window edge may pass

@@ -180,7 +180,8 @@ async def test_limits_are_fused_into_one_all_or_nothing_step() -> None:
     )
     assert chain.gate is not None and len(chain.steps) == 1
     assert [type(p).__name__ for p in chain.gate.parts] == [
-        "Backpressure", "PriorityFairQueue", "TokenBucketRateLimiter", "ConcurrencyLimiter"]
+        "Backpressure", "PriorityFairQueue", "TokenBucketRateLimiter", "ConcurrencyLimiter",
+        "ProviderPause"]  # added by the chain: a Retry-After pauses whatever the limiters
     call = ToolCall(tool="slow", run_id="r1", tenant="acme")
     keys = sorted(r.key for r, _ in chain.gate.demands_of(call) if hasattr(r, "capacity"))
     assert keys == ["global:*", "run:r1", "tenant:acme", "tool:slow"]

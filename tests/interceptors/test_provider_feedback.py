@@ -146,3 +146,52 @@ async def test_learner_as_an_interceptor_reads_tool_output_headers() -> None:
     assert _rates(limiter) == {"requests": pytest.approx(2.0)}  # 0.5 * 240 / 60
     assert default_headers_of(object()) is None
     assert "RateLimitHeaderLearner" in repr(learner)
+
+
+async def test_learner_reads_anthropic_headers_and_measures_the_bucket() -> None:
+    clock = ManualClock()
+    limiter = TokenBucketRateLimiter(
+        [Rate(1e9, per=60), Rate(1e9, per=60, dimension="output_tokens")], key="global")
+    learner = RateLimitHeaderLearner(limiter, safety=1.0, wall_clock=lambda: 1000.0)
+    chain = ToolCallChain([limiter, learner], clock=clock)
+    await chain.run(ToolCall("t"), _ok({}))
+    learner.observe({
+        "anthropic-ratelimit-requests-limit": "60",
+        "anthropic-ratelimit-requests-remaining": "10",
+        "anthropic-ratelimit-requests-reset": "1970-01-01T00:16:50Z",  # 10 s after 1000
+        "anthropic-ratelimit-output-tokens-limit": "6000",
+    }, key="*")
+    assert learner.learned("*") == {"requests": 60.0, "output_tokens": 6000.0}
+    buckets = {b.dimension: b for b in limiter.bucket_statistics(clock.now())}
+    assert buckets["requests"].rate == pytest.approx(1.0)
+    assert buckets["requests"].burst == pytest.approx(20.0)  # 10 left + 10 s of refill
+    assert buckets["requests"].available == pytest.approx(10.0)  # what the provider has
+    assert buckets["output_tokens"].burst == pytest.approx(100.0)  # no reset: burst_s of rate
+
+
+async def test_probe_keeps_one_call_in_flight_until_the_first_headers() -> None:
+    clock = ManualClock()
+    limiter = TokenBucketRateLimiter([Rate(1e9, per=60)], key="global")
+    learner = RateLimitHeaderLearner(limiter, safety=1.0, probe=True, tools=["llm"])
+    chain = ToolCallChain([limiter, learner], clock=clock)
+    in_flight: list[int] = [0, 0]
+    gate, later = asyncio.Event(), asyncio.Event()
+
+    async def provider(call: ToolCall) -> ToolOutput:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        await (later if gate.is_set() else gate).wait()
+        in_flight[0] -= 1
+        return ToolOutput(success=True, data={"headers": {
+            "x-ratelimit-limit-requests": "6000", "x-ratelimit-remaining-requests": "99",
+            "x-ratelimit-reset-requests": "10ms"}})
+
+    calls = [asyncio.ensure_future(chain.run(ToolCall("llm"), provider)) for _ in range(5)]
+    other = asyncio.ensure_future(chain.run(ToolCall("search"), _ok({})))
+    await settle()
+    assert in_flight == [1, 1] and other.done()  # one probe; other tools are not held
+    gate.set()  # the probe answers with headers: the others go together
+    await settle()
+    assert in_flight == [4, 4] and learner.learned("*") == {"requests": 6000.0}
+    later.set()
+    await asyncio.gather(*calls)
