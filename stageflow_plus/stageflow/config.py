@@ -76,8 +76,8 @@ from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimit
 from .config_schema import MOVED, check_sections, max_priority_of, normalize_rates
 from .dimensions import dimension_watch
 from .env import ENV_PREFIX, apply_env
+from .llm_config import LLM_KEYS, llm_steps, with_llm_steps
 from .order import check_order
-from .llm_config import LLM_KEYS, with_llm_steps
 from .overrides import Ceilings
 from .plugins import load_interceptor
 from .redact import redact_error, redact_url, show
@@ -190,6 +190,8 @@ def _load_unredacted(
     if applied:
         _check_keys(config)
         config = check_sections(config)
+    if "llm" in config:  # its own schema: checked here too, so a loaded config is a valid one
+        llm_steps(config["llm"], config, None)
     return config, applied
 
 

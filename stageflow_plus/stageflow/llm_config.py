@@ -82,6 +82,8 @@ W = "stageflow_plus.llm"
 
 def _number(section: Mapping[str, Any], name: str, *, low: float = 0.0, high: float = math.inf,
             default: float | None = None, inclusive_high: bool = True) -> float | None:
+    if name in section and section[name] is None:  # TOML has no null: say, don't default
+        raise ConfigError(f"{W}.{name} must be a number, got None (leave it out for the default)")
     value = section.get(name, default)
     if value is None:
         return None

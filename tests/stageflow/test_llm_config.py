@@ -81,6 +81,6 @@ def test_every_bad_entry_is_a_config_error_naming_it(llm: dict[str, Any], messag
 def test_llm_excludes_a_rate_table_and_redis() -> None:
     llm = {"provider": "openai", "tools": ["X"]}
     with pytest.raises(ConfigError, match=r"cannot be combined with stageflow_plus\.rate"):
-        _build(llm, rate={"rates": [{"limit": 1}]})
+        _build(llm, rate={"rates": ["1/minute"]})
     with pytest.raises(ConfigError, match="Redis"):
         _build(llm, backend={"url": "redis://127.0.0.1:1/0"})
