@@ -23,7 +23,7 @@ this process before they reach the global queue, and its order would no longer b
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -38,6 +38,8 @@ from .base import BackendUnavailable
 from .redis import GlobalBucket, GlobalPool, RedisBackend, RedisLease, RedisStatistics
 
 __all__ = ["RedisLimits", "redis_limits"]
+
+_log = logging.getLogger("stageflow_plus.redis")
 
 
 def _caps(value: int | Mapping[str, int] | None, where: str) -> tuple[int | None, dict[str, int]]:
@@ -227,8 +229,12 @@ class RedisLimits:
     async def pause(self, key: str, seconds: float) -> None:
         """Pause rate key ``key`` for every process (a provider's ``Retry-After``), at most
         the backend's ``max_pause``. Never raises for Redis trouble (logged, counted)."""
-        with contextlib.suppress(BackendUnavailable):
+        try:
             await self.backend.pause(f"rate:{key}", seconds)
+        except BackendUnavailable:
+            pass
+        except ValueError as error:  # a provider's nonsense never costs the caller its result
+            _log.warning("ignored a provider pause for %r: %s", key, error)
 
     async def aclose(self) -> None:
         """Wait for the releases still in flight."""

@@ -36,9 +36,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -47,20 +47,25 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError, DeadlineUnmeetable, WaitTimeout
+from ..primitives.rate import Rate
 from ..primitives.stats import WaitRecorder
 from .base import BackendUnavailable
 from .degrade import LocalShare
 from .heartbeat import Heartbeat
+from .lease import RedisLease
+from .options import Policy, check_options, check_order, check_query
 from .records import GlobalBucket, GlobalPool, Grant, RedisStatistics
 from .redact import Redactor
 from .wakeups import DispatchTimer, Mailbox
 
+if TYPE_CHECKING:  # (types only: this module imports no interceptor)
+    from ..interceptors.call import ToolCall, ToolCallInterceptor
+
 __all__ = ["GlobalBucket", "GlobalPool", "Grant", "RedisBackend", "RedisLease",
            "RedisStatistics"]
 
-Policy = Literal["fail_open", "fail_closed", "degrade"]
-POLICIES = ("fail_closed", "fail_open", "degrade")
 _log = logging.getLogger("stageflow_plus.redis")
 
 
@@ -73,58 +78,6 @@ def _script(name: str, *, queue: bool = True) -> str:
 def _ms(value: Any) -> float | None:
     text = value.decode() if isinstance(value, bytes) else str(value)
     return float(text) if text else None
-
-
-class RedisLease:
-    """Global permits held by one call; :meth:`release` once (idempotent).
-
-    :ivar member: the lease id in the concurrency ZSETs.
-    :ivar pools: the concurrency ZSET keys (with prefix).
-    :ivar buckets: the buckets drawn from, with the amounts taken.
-    :ivar granted_at: the grant's time on the Redis server's clock (Unix seconds).
-    :ivar waited: seconds spent in the global queue (0 for an immediate grant).
-    :ivar degraded: ``True`` when Redis was unreachable and the policy let the call proceed
-        without global permits (``fail_open``) or on this process's share (``degrade``).
-    """
-
-    __slots__ = ("_backend", "_local", "buckets", "degraded", "granted_at", "member", "pools",
-                 "released", "waited")
-
-    def __init__(self, backend: RedisBackend, member: str, pools: Sequence[str],
-                 buckets: Sequence[GlobalBucket], *, granted_at: float = 0.0,
-                 waited: float = 0.0, degraded: bool = False, local: Any = None) -> None:
-        self._backend = backend
-        self._local = local  # the in-process lease of a degraded call
-        self.granted_at = granted_at
-        self.member = member
-        self.pools = tuple(pools)
-        self.buckets = tuple(buckets)
-        self.waited = waited
-        self.degraded = degraded
-        self.released = False
-
-    async def release(self, actual: dict[str, float] | None = None) -> None:
-        """Return the concurrency permits and reconcile token costs (one round trip).
-
-        :param actual: the actual cost per dimension, e.g. ``{"tokens": 812}``; a bucket of
-            that dimension is charged the difference to its estimate (refunded when lower).
-
-        Never raises for Redis trouble: a lease that cannot be released expires after the
-        TTL. Cancellation during the round trip leaves that to the TTL as well.
-        """
-        if self.released:
-            return
-        self.released = True
-        if self._local is not None:
-            self._local.release()
-            return
-        if not self.degraded:
-            await self._backend._release(self, actual or {})
-
-    def __repr__(self) -> str:
-        state = "released" if self.released else "held"
-        kind = " degraded" if self.degraded else ""
-        return f"<RedisLease {self.member}{kind} {state} pools={len(self.pools)}>"
 
 
 class RedisBackend:
@@ -158,36 +111,12 @@ class RedisBackend:
         self._redact = Redactor(url)
         if op_timeout is None:  # 0.5 s, and below ttl/4: a heartbeat must land before expiry
             op_timeout = min(0.5, ttl / 4) if isinstance(ttl, (int, float)) else 0.5
-        if on_unavailable not in POLICIES:
-            raise ConfigError(f"on_unavailable must be one of {', '.join(POLICIES)}, "
-                              f"got {on_unavailable!r}")
-        for name, value, low in (("ttl", ttl, 0.1), ("op_timeout", op_timeout, 0.001),
-                                 ("recheck_s", recheck_s, 0.0), ("max_pause", max_pause, 0.001)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                value >= low and math.isfinite(value)
-            ):
-                raise ConfigError(f"RedisBackend {name} must be a finite number >= {low}, "
-                                  f"got {value!r}")
-        if op_timeout >= ttl / 3:
-            raise ConfigError(f"RedisBackend op_timeout ({op_timeout:g} s) must be below ttl/3 "
-                              f"({ttl / 3:g} s): the heartbeat extends leases every ttl/3")
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ConfigError(f"RedisBackend prefix must be a non-empty string without braces, "
-                              f"got {prefix!r}")
-        if aging_interval is not None and (
-            isinstance(aging_interval, bool) or not isinstance(aging_interval, (int, float))
-            or not (aging_interval > 0 and math.isfinite(aging_interval))
-        ):
-            raise ConfigError(f"RedisBackend aging_interval must be a finite number > 0 or "
-                              f"None, got {aging_interval!r}")
+        check_options(ttl=ttl, on_unavailable=on_unavailable, op_timeout=op_timeout,
+                      recheck_s=recheck_s, max_pause=max_pause, prefix=prefix)
+        check_order(aging_interval, weights)
         if client is None:
-            _check_query(url, self._redact.url)
+            check_query(url, self._redact.url)
         self.weights = dict(weights or {})
-        for tenant, weight in self.weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-                    weight > 0 and math.isfinite(weight)):
-                raise ConfigError(f"RedisBackend weights[{tenant!r}] must be a finite number "
-                                  f"> 0, got {weight!r}")
         self.url = self._redact.url  # printable; the real URL only reaches the client
         self.prefix = f"{{{prefix}}}:"
         self.ttl = float(ttl)
@@ -197,6 +126,7 @@ class RedisBackend:
         self.max_pause = float(max_pause)
         self.aging_ms = "" if aging_interval is None else repr(float(aging_interval) * 1000)
         self.cluster = bool(cluster)
+        self._initialized = False
         try:
             self.client: Any = client if client is not None else self._connect(url, op_timeout)
             blocking = self._connect(url, None) if client is None else client
@@ -267,6 +197,10 @@ class RedisBackend:
                                      limiter="redis", retry_after=self.recheck_s)
         self._counts["round_trips"] += 1
         try:
+            if self.cluster and not self._initialized:  # the slot map, once (a few commands)
+                async with asyncio.timeout(max(5.0, self.op_timeout)):
+                    await self.client.initialize()
+                self._initialized = True
             async with asyncio.timeout(self.op_timeout):
                 return await self._scripts[script](keys=list(keys), args=list(args))
         except (RedisError, OSError, TimeoutError) as exc:
@@ -484,17 +418,17 @@ class RedisBackend:
     async def pause(self, name: str, seconds: float) -> float:
         """Pause ``name`` for every process for ``seconds`` (keeps the later pause).
 
-        A pause above ``max_pause`` is shortened to it (and logged). Returns the pause left
-        in seconds.
+        A pause above ``max_pause`` (``inf`` included) is shortened to it (and logged).
+        Returns the pause left in seconds.
 
-        :raises ValueError: ``seconds`` is not a finite number >= 0.
+        :raises ValueError: ``seconds`` is not a number >= 0 (``nan``, negative, a string).
         :raises BackendUnavailable: Redis is unreachable.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-            seconds >= 0 and math.isfinite(seconds)
+            seconds >= 0
         ):
-            raise ValueError(f"pause seconds must be a finite number >= 0, got {seconds!r}")
-        if seconds > self.max_pause:
+            raise ValueError(f"pause seconds must be a number >= 0, got {seconds!r}")
+        if seconds > self.max_pause:  # (inf included)
             self._counts["capped_pauses"] += 1
             _log.warning("provider pause of %r shortened from %.3f s to max_pause %.3f s",
                          name, seconds, self.max_pause)
@@ -507,27 +441,18 @@ class RedisBackend:
                         weights: dict[str, float] | None = None) -> None:
         """Set the global queue's order (``[stageflow_plus.priority]`` of the config): the
         aging interval and tenant weights, the same in every process of the prefix."""
-        if aging_interval is not None and (
-            isinstance(aging_interval, bool) or not isinstance(aging_interval, (int, float))
-            or not (aging_interval > 0 and math.isfinite(aging_interval))
-        ):
-            raise ConfigError(f"RedisBackend aging_interval must be a finite number > 0 or "
-                              f"None, got {aging_interval!r}")
-        for tenant, weight in (weights or {}).items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-                    weight > 0 and math.isfinite(weight)):
-                raise ConfigError(f"RedisBackend weights[{tenant!r}] must be a finite number "
-                                  f"> 0, got {weight!r}")
+        check_order(aging_interval, weights)
         self.aging_ms = "" if aging_interval is None else repr(float(aging_interval) * 1000)
         self.weights = dict(weights or {})
         self.share = LocalShare(aging_ms=None if aging_interval is None
                                 else float(aging_interval) * 1000, weights=self.weights)
 
     def limits(self, *, concurrency: int | None = None,
-               per_tool: int | dict[str, int] | None = None,
-               per_tenant: int | dict[str, int] | None = None, per_run: int | None = None,
-               rates: Any = (), rate_key: Any = "global", fair_cost: str = "calls",
-               clock: Any = None) -> list[Any]:
+               per_tool: int | Mapping[str, int] | None = None,
+               per_tenant: int | Mapping[str, int] | None = None, per_run: int | None = None,
+               rates: Rate | Sequence[Rate] = (),
+               rate_key: str | Callable[[ToolCall], str] = "global", fair_cost: str = "calls",
+               clock: Clock | Callable[[], float] | None = None) -> list[ToolCallInterceptor]:
         """The chain steps for these limits held in Redis: see
         :func:`~stageflow_plus.backends.limits.redis_limits`."""
         from .limits import redis_limits  # (the interceptor adapter imports this module)
@@ -575,22 +500,6 @@ class RedisBackend:
     def __repr__(self) -> str:
         return (f"<RedisBackend {self.url} prefix={self.prefix!r} ttl={self.ttl:g}s "
                 f"{self.policy}, {len(self._held)} held, {len(self.mailbox.waiters)} queued>")
-
-
-_QUERY = frozenset({"db", "password", "username", "protocol", "client_name",
-                    "health_check_interval", "socket_keepalive", "ssl_cert_reqs",
-                    "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
-
-
-def _check_query(url: str, shown: str) -> None:
-    """Refuse query parameters the client would only reject at the first connection."""
-    if not isinstance(url, str) or "?" not in url:
-        return
-    for part in url.split("?", 1)[1].split("&"):
-        name = part.partition("=")[0]
-        if name and name not in _QUERY:
-            raise ConfigError(f"unknown query parameter {name!r} in the Redis URL {shown!r}; "
-                              f"known: {', '.join(sorted(_QUERY))}")
 
 
 def _text(value: Any) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from stageflow_plus import ConfigError, ToolCall, build
 from stageflow_plus.backends import BackendUnavailable, backend_from_url
+from stageflow_plus.backends.limits import RedisLimits
 from stageflow_plus.backends.redact import Redactor, redact_url
 from stageflow_plus.backends.redis import GlobalPool, RedisBackend
 from stageflow_plus.cli import main as cli_main
@@ -76,10 +77,12 @@ async def test_no_path_of_an_unreachable_backend_shows_the_secret(
             seen += [repr(backend), str(backend), backend.url, repr(backend.statistics())]
             chain_steps = backend.limits(concurrency=1)
             seen += [repr(step) for step in chain_steps]
+            limits = chain_steps[1]
+            assert isinstance(limits, RedisLimits)
             try:
                 for _ in range(2):  # the failure, then the recheck pause
                     try:
-                        lease = await chain_steps[1].acquire(ToolCall("t"))  # type: ignore[attr-defined]
+                        lease = await limits.acquire(ToolCall("t"))
                         seen.append(repr(lease))
                         await lease.release()
                     except BackendUnavailable as error:
