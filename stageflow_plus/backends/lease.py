@@ -56,8 +56,12 @@ class RedisLease:
         if self.released:
             return
         self.released = True
-        if self._local is not None:
+        if self._local is not None:  # admitted on this process's share (degrade)
             self._local.release()
+            backend = self._backend
+            backend._degraded.pop(self.member, None)
+            if self.member in backend._held:  # counted in Redis again since it came back
+                await backend._release(self, actual or {})
             return
         if not self.degraded:
             await self._backend._release(self, actual or {})

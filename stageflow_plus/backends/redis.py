@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -58,6 +57,7 @@ from .lease import RedisLease
 from .options import Policy, check_options, check_order, check_query
 from .records import GlobalBucket, GlobalPool, Grant, RedisStatistics
 from .redact import Redactor
+from .resp import FastConnection, FastScript
 from .wakeups import DispatchTimer, Mailbox
 
 if TYPE_CHECKING:  # (types only: this module imports no interceptor)
@@ -132,10 +132,17 @@ class RedisBackend:
             blocking = self._connect(url, None) if client is None else client
         except (ValueError, RedisError) as exc:
             raise ConfigError(f"invalid Redis URL {self.url!r}: {self._redact(exc)}") from None
-        register = self.client.register_script
-        self._scripts = {name: register(_script(f"{name}.lua")) for name in
-                         ("acquire", "release", "cancel", "tick", "extend")}
-        self._scripts["pause"] = register(_script("pause.lua", queue=False))
+        # the hot path (every script) on a lean pipelined connection; redis-py for the
+        # rest (blocking reads, Cluster, a client given by the caller)
+        self._fast = FastConnection(url, connect_timeout=self.op_timeout) if (
+            client is None and not self.cluster) else None
+        sources = {name: _script(f"{name}.lua") for name in
+                   ("acquire", "release", "cancel", "tick", "extend", "restore")}
+        sources["pause"] = _script("pause.lua", queue=False)
+        fast = self._fast
+        self._scripts: dict[str, Any] = {
+            name: FastScript(fast, source) if fast is not None
+            else self.client.register_script(source) for name, source in sources.items()}
         self._proc = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._queue_key = f"{self.prefix}q:wait"
@@ -144,6 +151,8 @@ class RedisBackend:
                                stall_s=max(0.5, 2 * self.op_timeout), describe=self.describe)
         self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters))
         self._held: dict[str, RedisLease] = {}
+        self._degraded: dict[str, RedisLease] = {}  # admitted on the local share, running
+        self._restore_due = False
         self._heartbeat = Heartbeat(self)
         self._background: set[asyncio.Task[Any]] = set()
         self._down_until = -math.inf
@@ -206,9 +215,12 @@ class RedisBackend:
         except (RedisError, OSError, TimeoutError) as exc:
             self._counts["unavailable"] += 1
             self._down_until = time.monotonic() + self.recheck_s
+            self._restore_due = True
             if not isinstance(exc, ResponseError):
                 # every pooled connection is suspect (a restart breaks them all): drop them
                 # at once, so the next attempt after recheck_s starts on fresh ones
+                if self._fast is not None:
+                    self._fast.close()
                 with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
                     await self.client.connection_pool.disconnect(inuse_connections=False)
             text = self.describe(exc)
@@ -226,13 +238,16 @@ class RedisBackend:
 
     # -- acquiring ---------------------------------------------------------------------
     def _waiter(self, pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
-                pauses: Sequence[str], priority: int) -> str:
-        return json.dumps({
-            "o": self._proc, "p": int(priority), "l": round(self.ttl * 1000),
-            "c": [[self.pool_key(p.key), p.limit] for p in pools],
-            "b": [[self.bucket_key(b.key), b.interval_ms, b.burst * b.interval_ms, b.amount]
-                  for b in buckets],
-            "z": [self.pause_key(name) for name in pauses]}, separators=(",", ":"))
+                pauses: Sequence[str], priority: int) -> list[Any]:
+        out: list[Any] = [self._proc, int(priority), len(pools), len(buckets), len(pauses)]
+        for p in pools:
+            out += [self.pool_key(p.key), p.limit]
+        for b in buckets:
+            interval = b.interval_ms
+            out += [self.bucket_key(b.key), repr(interval), repr(b.burst * interval),
+                    repr(b.amount)]
+        out += [self.pause_key(name) for name in pauses]
+        return out
 
     def _weighted(self, tenant: str, cost: float) -> float:
         return cost / self.weights.get(tenant, 1.0)
@@ -257,10 +272,12 @@ class RedisBackend:
                             buckets: Sequence[GlobalBucket], pauses: Sequence[str],
                             priority: int, tenant: str, cost: float,
                             left: float | None) -> Any:
+        if self._restore_due and self.available:
+            await self._restore()
         args = self._queue_args(
             member, mode, round(self.ttl * 1000), tenant, repr(self._weighted(tenant, cost)),
             "" if left is None else repr(left * 1000),
-            self._waiter(pools, buckets, pauses, priority))
+            *self._waiter(pools, buckets, pauses, priority))
         started = time.perf_counter()
         try:
             reply = await self._run("acquire", [self._queue_key], args)
@@ -388,7 +405,30 @@ class RedisBackend:
         local = await self.share.acquire(demands, priority=priority, tenant=tenant, cost=cost,
                                          timeout=timeout, info=info)
         self._counts["degraded"] += 1
-        return RedisLease(self, "", (), (), degraded=True, local=local)
+        member = f"{self._proc}:{next(self._ids)}"
+        lease = RedisLease(self, member, [self.pool_key(p.key) for p in pools], (),
+                           degraded=True, local=local)
+        if pools:
+            self._degraded[member] = lease
+        return lease
+
+    async def _restore(self) -> None:
+        """Redis answers again: (re)lease what this process still runs — leases from before
+        the outage (gone if the server restarted) and calls admitted on its local share —
+        before anything new is granted. One round trip; raises BackendUnavailable."""
+        leases = [*self._held.values(), *self._degraded.values()]
+        keys = [k for lease in leases for k in lease.pools]
+        members = [lease.member for lease in leases for _ in lease.pools]
+        if keys:
+            await self._run("restore", [self._queue_key, *keys],
+                            self._queue_args(round(self.ttl * 1000), *members))
+        for lease in leases:
+            if lease.member in self._degraded:
+                self._held[lease.member] = lease  # counted in Redis now: released there too
+            elif lease.member not in self._held:  # ended during the round trip: take it out
+                self._cancel_later(lease.member, lease.pools)
+        self._degraded.clear()
+        self._restore_due = False
 
     def count_failed_closed(self) -> None:
         """Count a call refused because Redis was unavailable (``fail_closed``)."""
@@ -479,6 +519,8 @@ class RedisBackend:
         for pending in list(self._background):
             pending.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        if self._fast is not None:
+            self._fast.close()
         await self.client.aclose()
         blocking = self.mailbox._client
         if blocking is not self.client:

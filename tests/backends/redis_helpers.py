@@ -76,6 +76,19 @@ class RedisServer:
         self.process = None
 
 
+def _bus_port() -> int:
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    pytest.fail("no free port pair (port, port + 10000) for a cluster node", pytrace=False)
+
+
 class RedisClusterNodes:
     """A real 3-node Redis Cluster (no replicas) on free loopback ports, no persistence.
 
@@ -85,7 +98,8 @@ class RedisClusterNodes:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.nodes = [RedisServer(directory / f"n{i}") for i in range(3)]
+        # a cluster node also listens on port + 10000 (the cluster bus): both must be free
+        self.nodes = [RedisServer(directory / f"n{i}", port=_bus_port()) for i in range(3)]
         self.cli = shutil.which("redis-cli")
         if self.cli is None:
             pytest.fail("redis-cli is not installed (it comes with redis-server)", pytrace=False)

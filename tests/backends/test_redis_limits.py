@@ -345,23 +345,31 @@ def test_lua_scripts_ship_inside_the_package() -> None:
 
 
 def test_distributed_bench_table_and_validation() -> None:
-    from stageflow_plus.bench.distributed import format_distributed_table, run_distributed_bench
+    from stageflow_plus.bench.distributed import _report, format_distributed_table
+    from stageflow_plus.bench.distributed import run_distributed_bench
 
     with pytest.raises(ConfigError):
         run_distributed_bench(processes=2, backend_url="mysql://x", quick=True)
     with pytest.raises(ValueError):
         run_distributed_bench(processes=0, backend_url=None, quick=True)
-    row = {"completed": 10, "http_429": 0, "efficiency": 0.95, "per_process_completed": [9, 1],
+    row = {"completed": 10, "http_429": 0, "efficiency": 0.98, "per_process_completed": [9, 1],
            "acquire_tries_per_grant": [1.0, 2.0]}
-    table = format_distributed_table({
-        "processes": 2, "duration_s": 3.0, "provider_capacity": 10.5,
-        "strategies": {"shared": row, "per_process": row, "split": row},
-        "redis": {"alone_acquire_p50_us": 200, "alone_acquire_p99_us": 300,
-                  "alone_acquires_per_s": 4000, "acquire_p50_us": [1, 2],
-                  "acquire_p99_us": [3, 4], "acquires_per_s_per_process": [5, 6]},
-        "targets": {"shared_zero_429": True},
-    })
-    assert "shared" in table and "shared_zero_429=ok" in table
+    extra = {
+        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0},
+        "wake_up": {"p50_us": 300.0, "p99_us": 800.0, "samples": 10},
+        "fairness": {"processes": 2, "completed": {"heavy": 5, "light": 5}, "jain": 1.0},
+        "priority": {"processes": 2, "high_over_low_p99": 0.2, "by_priority": {
+            "0": {"p50_ms": 10.0, "p99_ms": 20.0, "calls": 5},
+            "3": {"p50_ms": 1.0, "p99_ms": 4.0, "calls": 5}}},
+    }
+    result = _report(2, 3.0, {"shared": row, "per_process": row, "split": row}, extra)
+    targets = result["targets"]
+    assert targets["global_efficiency"]["met"] and targets["global_fairness"]["met"]
+    assert not targets["global_priority"]["met"] and not targets["redis_acquire_p50"]["met"]
+    assert targets["release_to_wake_p99"]["met"]
+    table = format_distributed_table(result)
+    assert "global_fairness=met" in table and "global_priority=MISSED" in table
+    assert "Jain 1.0000" in table
 
 
 # -- found in review: reconciliation, precision, releases after a failure ----------------
