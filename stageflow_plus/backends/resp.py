@@ -204,7 +204,7 @@ class FastScript:
     def __init__(self, connection: FastConnection, source: str) -> None:
         self._connection = connection
         self._source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's script id)
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # (Redis names scripts so)
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
         try:

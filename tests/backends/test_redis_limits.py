@@ -345,8 +345,11 @@ def test_lua_scripts_ship_inside_the_package() -> None:
 
 
 def test_distributed_bench_table_and_validation() -> None:
-    from stageflow_plus.bench.distributed import _report, format_distributed_table
-    from stageflow_plus.bench.distributed import run_distributed_bench
+    from stageflow_plus.bench.distributed import (
+        _report,
+        format_distributed_table,
+        run_distributed_bench,
+    )
 
     with pytest.raises(ConfigError):
         run_distributed_bench(processes=2, backend_url="mysql://x", quick=True)
