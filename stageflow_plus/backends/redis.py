@@ -148,7 +148,8 @@ class RedisBackend:
         self._queue_key = f"{self.prefix}q:wait"
         self.mailbox = Mailbox(blocking, f"{self.prefix}wake:{self._proc}",
                                poll_s=1.0 if client is None else self.op_timeout / 2,
-                               stall_s=max(0.5, 2 * self.op_timeout), describe=self.describe)
+                               stall_s=max(0.5, 2 * self.op_timeout), describe=self.describe,
+                               reachable=self._reachable)
         self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters))
         self._held: dict[str, RedisLease] = {}
         self._degraded: dict[str, RedisLease] = {}  # admitted on the local share, running
@@ -384,6 +385,12 @@ class RedisBackend:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _reachable(self) -> bool:
+        """Whether Redis answers now (one heartbeat: it also wakes waiters granted while
+        their mailbox message was lost)."""
+        await self._heartbeat.beat()
+        return self.available
 
     async def _tick(self) -> tuple[float | None, float]:
         reply = await self._run("tick", [self._queue_key], self._queue_args())

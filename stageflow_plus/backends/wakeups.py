@@ -43,14 +43,19 @@ class Mailbox:
     :param stall_s: extra seconds after which a ``BLPOP`` that did not answer means the
         server stalled.
     :param describe: turns an exception into text with no secret in it.
+    :param reachable: asked when the mailbox connection fails: whether Redis itself still
+        answers (it runs a heartbeat, which also wakes waiters granted meanwhile); only if
+        not are the waiters handed to the unavailability policy.
     """
 
-    __slots__ = ("_client", "_closed", "_describe", "_key", "_poll_s", "_stall_s", "_task",
-                 "waiters", "woken")
+    __slots__ = ("_client", "_closed", "_describe", "_key", "_poll_s", "_reachable",
+                 "_stall_s", "_task", "waiters", "woken")
 
     def __init__(self, client: Any, key: str, *, poll_s: float, stall_s: float,
-                 describe: Callable[[BaseException], str]) -> None:
+                 describe: Callable[[BaseException], str],
+                 reachable: Callable[[], Awaitable[bool]]) -> None:
         self._client = client
+        self._reachable = reachable
         self._key = key
         self._poll_s = poll_s
         self._stall_s = stall_s
@@ -106,12 +111,16 @@ class Mailbox:
                     item = await self._client.blpop([self._key], timeout=self._poll_s)
             except (RedisError, OSError, TimeoutError) as exc:
                 text = self._describe(exc)
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect()
+                if await self._reachable():  # a hiccup of this connection only: read again
+                    _log.debug("redis mailbox read failed (%s); Redis answers: reading again",
+                               text)
+                    continue
                 _log.warning("redis mailbox unavailable: %s; %d waiters fall back to the "
                              "unavailability policy", text, len(self.waiters))
                 self.fail_all(BackendUnavailable(f"Redis mailbox unavailable: {text}",
                                                  limiter="redis"))
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect()
                 return
             if item is not None:
                 text = item[1].decode() if isinstance(item[1], bytes) else str(item[1])

@@ -89,11 +89,13 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from ..backends.redis import RedisBackend
     from ..interceptors import ToolCall
+    from ..primitives import Rejected
 
-    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=5.0) if cfg["redis"] else None
+    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=10.0,
+                           op_timeout=1.0) if cfg["redis"] else None
     chain = _chain(cfg, backend)
     rng = random.Random(cfg["index"])
-    counts = {"completed": 0, "http_429": 0, "errors": 0}
+    counts = {"completed": 0, "http_429": 0, "errors": 0, "refused": 0}
     await asyncio.sleep(max(0.0, cfg["start_at"] - time.time()))
     loop = asyncio.get_running_loop()
     end = loop.time() + cfg["duration"]
@@ -122,8 +124,10 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
                                 deadline=end)
                 try:
                     retry_after = await chain.run(call, send)
-                except Exception:  # a refusal at the window's end
-                    break
+                except Rejected as error:  # counted; a polite client waits, then retries
+                    counts["refused"] += 1
+                    await asyncio.sleep(error.retry_after or 0.05)
+                    continue
                 if retry_after > 0:
                     await asyncio.sleep(retry_after)  # a polite client honours Retry-After
                 if cfg["think"]:
@@ -276,6 +280,7 @@ def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
                 "per_process_completed": [w["completed"] for w in workers],
                 "max_concurrent_observed": stats["max_concurrent_observed"],
                 "acquire_tries_per_grant": [w.get("acquire_tries_per_grant") for w in workers],
+                "refused": sum(w.get("refused", 0) for w in workers),
             }
         extra = _global_queue_runs(redis_url, processes, quick, latency)
     return _report(processes, duration, strategies, extra)
