@@ -325,9 +325,9 @@ def _global_queue_runs(redis_url: str, processes: int, quick: bool,
     fairness = summarise_fairness(run("fair", fair_cfgs))
     low_slots = max(1, processes // 2)
     prio_cfgs = [{"tasks": {"0": 40} if i < low_slots else {"3": 2}, "think": {"3": 0.05},
-                  "aging": 1.0, "duration": window} for i in range(processes)]
+                  "aging": 10.0, "duration": window} for i in range(processes)]
     if processes == 1:
-        prio_cfgs = [{"tasks": {"0": 40, "3": 2}, "think": {"3": 0.05}, "aging": 1.0,
+        prio_cfgs = [{"tasks": {"0": 40, "3": 2}, "think": {"3": 0.05}, "aging": 10.0,
                       "duration": window}]
     priority = summarise_priority(run("priority", prio_cfgs))
     return {
