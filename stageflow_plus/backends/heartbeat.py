@@ -90,8 +90,9 @@ class Heartbeat:
                     future.set_exception(BackendUnavailable(
                         "redis: the queued call lapsed from the global queue (its process "
                         "missed heartbeats)", limiter="redis"))
-        wake_at, now = reply[3], reply[4]
-        b._timer.schedule(_float(wake_at), _float(now) or 0.0)
+        wake_at, now, owner = reply[3], reply[4], reply[5]
+        b._timer.schedule(_float(wake_at), _float(now) or 0.0,
+                          owner.decode() if isinstance(owner, bytes) else str(owner))
 
     async def stop(self) -> None:
         """Stop beating (held leases then expire by TTL)."""

@@ -150,7 +150,7 @@ class RedisBackend:
                                poll_s=1.0 if client is None else self.op_timeout / 2,
                                stall_s=max(0.5, 2 * self.op_timeout), describe=self.describe,
                                reachable=self._reachable)
-        self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters))
+        self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters), self._proc)
         self._held: dict[str, RedisLease] = {}
         self._degraded: dict[str, RedisLease] = {}  # admitted on the local share, running
         self._restore_due = False
@@ -343,7 +343,7 @@ class RedisBackend:
                 f"than the {max(0.0, timeout or 0.0):.3f} s the call may wait",
                 key=_text(reply[3]), limiter="redis", retry_after=wait or None)
         self.mailbox.listen()
-        self._timer.schedule(_ms(reply[5]), _ms(reply[4]) or 0.0)
+        self._timer.schedule(_ms(reply[5]), _ms(reply[4]) or 0.0, _text(reply[6]))
         self._heartbeat.ensure()
         try:
             async with asyncio.timeout(timeout):
@@ -372,7 +372,7 @@ class RedisBackend:
                 try:
                     reply = await self._run("cancel", [self._queue_key, *pool_keys],
                                             self._queue_args(member), force=True)
-                    self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0)
+                    self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0, _text(reply[3]))
                     return
                 except BackendUnavailable:
                     if attempt == 0:
@@ -392,9 +392,9 @@ class RedisBackend:
         await self._heartbeat.beat()
         return self.available
 
-    async def _tick(self) -> tuple[float | None, float]:
+    async def _tick(self) -> tuple[float | None, float, str]:
         reply = await self._run("tick", [self._queue_key], self._queue_args())
-        return _ms(reply[0]), _ms(reply[1]) or 0.0
+        return _ms(reply[0]), _ms(reply[1]) or 0.0, _text(reply[2])
 
     # -- the policies ------------------------------------------------------------------
     def degraded_lease(self) -> RedisLease:
@@ -460,7 +460,7 @@ class RedisBackend:
             if lease.pools:  # try once more after recheck_s; the TTL is the last resort
                 self._cancel_later(lease.member, lease.pools)
             return
-        self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0)
+        self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0, _text(reply[3]))
 
     async def pause(self, name: str, seconds: float) -> float:
         """Pause ``name`` for every process for ``seconds`` (keeps the later pause).

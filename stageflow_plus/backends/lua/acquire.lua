@@ -8,7 +8,8 @@
 -- Granted at once when nobody waits and every permit is free (the fast path). Otherwise
 -- 'try' refuses, and 'wait' queues the call (refusing it when its own known wait exceeds
 -- its deadline) and runs the dispatch pass, which may grant it at once.
--- Returns {status, wait ms, reason, key, now ms, wake-at ms}: status 1 granted, 0 refused
+-- Returns {status, wait ms, reason, key, now ms, wake-at ms, its process}: status 1 granted,
+-- 0 refused
 -- ('try'), 2 queued (woken through its process's list), 3 refused by its deadline.
 local now = now_ms()
 local id, mode, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -36,6 +37,6 @@ if left ~= nil and (left <= 0 or (why ~= 'concurrency' and wait ~= nil and wait 
   return {3, fmt(wait), why, key, fmt(now), ''}
 end
 enqueue(id, s, ARGV[6], tonumber(ARGV[7]), now, ttl)
-local mine, wake_at = dispatch(now, id, 128)
-if mine then return {1, '0', '', '', fmt(now), fmt(wake_at)} end
-return {2, fmt(wait), why, key, fmt(now), fmt(wake_at)}
+local mine, wake_at, owner = dispatch(now, id, 128)
+if mine then return {1, '0', '', '', fmt(now), fmt(wake_at), owner} end
+return {2, fmt(wait), why, key, fmt(now), fmt(wake_at), owner}

@@ -13,5 +13,6 @@ else
   for i = 2, #KEYS do redis.call('ZREM', KEYS[i], id) end
   redis.call('ZREM', Q.gr, id)
 end
-local _, wake_at = dispatch(now, nil, 128)
-return {was, wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now)}
+local _, wake_at, owner = dispatch(now, nil, 128)
+return {was, wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now),
+        owner}

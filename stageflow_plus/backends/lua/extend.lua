@@ -35,6 +35,6 @@ for i = 5 + n, #ARGV do
     statuses[#statuses + 1] = 0
   end
 end
-local _, wake_at = dispatch(now, nil, 128)
+local _, wake_at, owner = dispatch(now, nil, 128)
 return {lost, statuses, redis.call('ZCARD', procs),
-        wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now)}
+        wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now), owner}

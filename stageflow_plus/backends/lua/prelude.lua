@@ -149,13 +149,14 @@ end
 -- The dispatch pass: walk the waiters best-first (the most aged priority level; within it
 -- the smallest start tag), grant whoever can go, let a waiter that cannot reserve what it
 -- is blocked on (nobody behind it takes that in this pass). `me`: the caller's own waiter
--- (not woken through its list). Returns me_granted, wake-at ms (or nil).
+-- (not woken through its list). Returns me_granted, wake-at ms (or nil), and the process of
+-- the waiter that wake-at is for (it runs the next pass; the others only as a fallback).
 local function dispatch(now, me, budget)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q.exp, '-inf', now, 'LIMIT', 0, 64)) do
     drop(id)  -- its process stopped heartbeating: blocks nobody
   end
   local waiting = redis.call('HLEN', Q.wait)
-  if waiting == 0 then return false, nil end
+  if waiting == 0 then return false, nil, '' end
   local levels = {}
   for _, p in ipairs(redis.call('ZRANGE', Q.levels, 0, -1)) do
     local ids = redis.call('ZRANGE', lv(p), 0, budget - 1)
@@ -164,7 +165,7 @@ local function dispatch(now, me, budget)
       levels[#levels + 1] = {p = p, pr = tonumber(p), ids = ids, i = 1, old = tonumber(first[2])}
     end
   end
-  local blocked, mine, wake_at, seen = {}, false, nil, 0
+  local blocked, mine, wake_at, wake_proc, seen = {}, false, nil, '', 0
   while seen < budget do
     local best, best_key = nil, nil
     for _, l in ipairs(levels) do
@@ -196,7 +197,7 @@ local function dispatch(now, me, budget)
         best.old = tonumber(first[2]) or best.old
         if waiting == 0 then break end
       else
-        if at ~= nil and (wake_at == nil or at < wake_at) then wake_at = at end
+        if at ~= nil and (wake_at == nil or at < wake_at) then wake_at, wake_proc = at, s.o end
         -- every remaining waiter needs a reserved resource: nobody else can go
         local stop = false
         for k in pairs(blocked) do
@@ -206,5 +207,5 @@ local function dispatch(now, me, budget)
       end
     end
   end
-  return mine, wake_at
+  return mine, wake_at, wake_proc
 end

@@ -27,5 +27,6 @@ for i = 1, nb do
     end
   end
 end
-local _, wake_at = dispatch(now, nil, 128)
-return {removed, wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now)}
+local _, wake_at, owner = dispatch(now, nil, 128)
+return {removed, wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now),
+        owner}
