@@ -215,6 +215,7 @@ class RedisBackend:
                 return await self._scripts[script](keys=list(keys), args=list(args))
         except (RedisError, OSError, TimeoutError) as exc:
             self._counts["unavailable"] += 1
+            was_up = self.available  # warn once per outage; the retries within it at DEBUG
             self._down_until = time.monotonic() + self.recheck_s
             self._restore_due = True
             if not isinstance(exc, ResponseError):
@@ -225,7 +226,8 @@ class RedisBackend:
                 with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
                     await self.client.connection_pool.disconnect(inuse_connections=False)
             text = self.describe(exc)
-            _log.warning("Redis at %s unavailable (%s; policy %s)", self.url, text, self.policy)
+            _log.log(logging.WARNING if was_up else logging.DEBUG,
+                     "Redis at %s unavailable (%s; policy %s)", self.url, text, self.policy)
             error = BackendUnavailable(f"Redis at {self.url} is unavailable: {text}",
                                        limiter="redis", retry_after=self.recheck_s)
             # a refused connection sent nothing; anything else may have reached the server
