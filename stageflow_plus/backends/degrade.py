@@ -17,7 +17,7 @@ exceeded by their number.
 The waiting is the in-process :class:`~stageflow_plus.primitives.limiter.Limiter` (priority
 with aging and fair share, as configured), so calls keep their order locally.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ divides each limit by the number of live processes), runs a dispatch pass, and i
 fallback for a lost mailbox message: each queued call's state is reported, a call found
 granted is woken, one found gone is handed to the unavailability policy.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Validation of the Redis backend's options: every bad value is a ``ConfigError`` naming it.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ and is not a secret), the values of the query parameters ``password``, ``pass``,
 whose shape cannot be parsed is hidden whole after its scheme. A :class:`Redactor` also
 replaces every occurrence of the URL's secrets in any text, however they were quoted.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

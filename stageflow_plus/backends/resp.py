@@ -13,7 +13,7 @@ caller that gives up (timeout, cancellation) leaves its reply to be read and dro
 timeout closes the connection (a stalled server must not pile up replies); the next call
 reconnects.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

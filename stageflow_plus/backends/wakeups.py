@@ -13,7 +13,7 @@ earliest time the pass could grant more, and the process runs ``tick.lua`` then.
 heartbeat (every ``ttl / 3``) also asks for the state of every waiter of the process: the
 fallback for a mailbox message lost with a connection.
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

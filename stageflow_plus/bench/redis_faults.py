@@ -17,7 +17,7 @@ cancelled), peak in flight vs the cap, seconds above the cap, and leases left in
 the run is over. Bounded: the whole run takes well under a minute (``quick``: a few
 seconds per fault).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ turn the workers' dicts into the figures reported under ``targets``. The tool is
 * ``wake``     — two processes ping-pong one permit: from the holder's release to the
   waiter's wake-up, on the machine's wall clock (both processes share it).
 
-.. versionadded:: 0.2.0
+.. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
