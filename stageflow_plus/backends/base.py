@@ -27,6 +27,7 @@ from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import TokenBucketRateLimiter
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.resources import Rate
+from .redact import redact_url
 
 if TYPE_CHECKING:
     from .redis import RedisBackend
@@ -40,9 +41,12 @@ class BackendUnavailable(Rejected):
     """The shared backend (Redis) could not be reached and the policy is ``fail_closed``.
 
     The call did not run. ``retry_after`` is when the backend will be tried again.
+
+    :ivar sent: the request had been written when the failure came (it may have run).
     """
 
     reason = "backend_unavailable"
+    sent = False
 
 
 class LimitsBackend(Protocol):
@@ -96,32 +100,39 @@ class MemoryBackend:
         return "MemoryBackend()"
 
 
-_REDIS_OPTIONS = ("prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s")
+_REDIS_OPTIONS = ("prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s", "max_pause",
+                  "aging_interval", "weights", "cluster")
 
 
 def backend_from_url(url: str = "memory://", **options: Any) -> MemoryBackend | RedisBackend:
     """A backend from a URL: ``memory://`` or ``redis://[:password@]host[:port][/db]``.
 
     Also ``rediss://`` (TLS) and ``unix:///path/to/redis.sock``. Options for Redis:
-    ``prefix``, ``ttl``, ``on_unavailable`` (``"fail_open"`` / ``"fail_closed"``),
-    ``op_timeout``, ``recheck_s`` (see :class:`~stageflow_plus.backends.redis.RedisBackend`).
+    ``prefix``, ``ttl``, ``on_unavailable`` (``"fail_closed"`` / ``"fail_open"`` /
+    ``"degrade"``), ``op_timeout``, ``recheck_s``, ``max_pause``, ``aging_interval``,
+    ``weights``, ``cluster`` (see :class:`~stageflow_plus.backends.redis.RedisBackend`).
+    Errors never show the URL's password (:mod:`~stageflow_plus.backends.redact`).
 
     :raises ConfigError: an unknown scheme, a malformed host, port or db, an unknown
         option, or ``redis`` not installed.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"backend URL must look like 'memory://' or 'redis://host:6379/0', "
-                          f"got {url!r}")
-    parts = urlsplit(url)
+                          f"got {redact_url(url)!r}")
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"malformed backend URL {shown!r}") from None
     scheme = parts.scheme.lower()
     if scheme == "memory":
         if parts.netloc or parts.path not in ("", "/") or parts.query:
-            raise ConfigError(f"memory:// takes no host, path or query, got {url!r}")
+            raise ConfigError(f"memory:// takes no host, path or query, got {shown!r}")
         if options:
             raise ConfigError(f"memory:// takes no options, got {sorted(options)}")
         return MemoryBackend()
     if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"unknown backend scheme {parts.scheme!r} in {url!r}; use memory://, "
+        raise ConfigError(f"unknown backend scheme {parts.scheme!r} in {shown!r}; use memory://, "
                           "redis://, rediss:// or unix://")
     unknown = sorted(set(options) - set(_REDIS_OPTIONS))
     if unknown:
@@ -129,22 +140,22 @@ def backend_from_url(url: str = "memory://", **options: Any) -> MemoryBackend | 
                           f"{', '.join(_REDIS_OPTIONS)}")
     if scheme == "unix":
         if not parts.path:
-            raise ConfigError(f"unix:// needs a socket path, got {url!r}")
+            raise ConfigError(f"unix:// needs a socket path, got {shown!r}")
     else:
         if not parts.hostname:
             raise ConfigError(f"{scheme}:// needs a host, e.g. {scheme}://127.0.0.1:6379/0; "
-                              f"got {url!r}")
+                              f"got {shown!r}")
         try:
             port = parts.port
         except ValueError:
-            raise ConfigError(f"invalid port in {url!r}") from None
+            raise ConfigError(f"invalid port in {shown!r}") from None
         if port is not None and not 0 < port < 65536:
-            raise ConfigError(f"invalid port in {url!r}")
+            raise ConfigError(f"invalid port in {shown!r}")
         db = parts.path.strip("/")
         if db and not db.isdigit():
-            raise ConfigError(f"the database in {url!r} must be a number, got {db!r}")
+            raise ConfigError(f"the database in {shown!r} must be a number, got {db!r}")
     try:
         from .redis import RedisBackend
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError(f"{url!r} needs redis-py: pip install 'stageflow-plus[redis]'") from exc
+        raise ConfigError(f"{shown!r} needs redis-py: pip install 'stageflow-plus[redis]'") from exc
     return RedisBackend(url, **options)

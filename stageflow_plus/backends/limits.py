@@ -1,24 +1,21 @@
-"""RedisLimits: the tool-call interceptor taking a call's global permits from Redis.
+"""RedisLimits: the tool-call interceptor over the global queue of a Redis backend.
 
-Place it right after the local limiter interceptors of a
-:class:`~stageflow_plus.interceptors.chain.ToolCallChain` (they form the per-process waiting
-room: priority, fairness, queue bounds, cancellation)::
+It maps a :class:`~stageflow_plus.interceptors.call.ToolCall` to its global demands (pools,
+buckets, pauses) and waits for them in the one global queue
+(:meth:`~stageflow_plus.backends.redis.RedisBackend.acquire`): priority with aging and
+weighted fair share hold across every process, a release anywhere wakes the next waiter
+anywhere. Place it right after the in-process limiter interceptors of a chain — they keep
+what is per process (per-run caps, queue bounds, backpressure) — or let
+:meth:`RedisBackend.limits` / the pipeline config build the pair::
 
-    backend = RedisBackend("redis://127.0.0.1:6379/0", ttl=5, on_unavailable="fail_open")
-    chain = ToolCallChain([
-        PriorityFairQueue(), ConcurrencyLimiter(8),            # local waiting room
-        RedisLimits(backend, concurrency=8, rates=[Rate(600, per=60),
-                                                   Rate(90_000, per=60, dimension="tokens")]),
-    ])
+    backend = RedisBackend("redis://127.0.0.1:6379/0", ttl=5, on_unavailable="degrade")
+    chain = ToolCallChain([PriorityFairQueue(), ConcurrencyLimiter(per_run=2),
+                           RedisLimits(backend, concurrency=8,
+                                       rates=[Rate(600, per=60),
+                                              Rate(90_000, per=60, dimension="tokens")])])
 
-A call admitted locally then asks Redis for all its global permits at once (one round trip).
-Refused, it sleeps the wait Redis computed (exact for rates and pauses; a short poll for
-concurrency, since a release may come any time) and asks again. While it waits it keeps its
-*local* permit: local permits are per process and always taken first, so no cycle (and no
-deadlock) can form; the local cap bounds how many calls of a process wait on Redis. Only one
-call per blocking key and process polls at a time; the others, newcomers included, queue
-behind it in arrival order (the local gate's priority order), so a busy key causes no herd
-of round trips and nobody overtakes within a process.
+The global limits are not repeated in front of it: a local cap would hold calls back in
+this process before they reach the global queue, and its order would no longer be global.
 
 .. versionadded:: 0.1.0
 """
@@ -26,21 +23,23 @@ of round trips and nobody overtakes within a process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..interceptors.call import Proceed, ToolCall
+from ..interceptors.call import Proceed, ToolCall, ToolCallInterceptor
+from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import KEYS, default_retry_after
 from ..primitives.clock import Clock, as_clock
-from ..primitives.errors import ConfigError, CostTooLarge, DeadlineUnmeetable, WaitTimeout
+from ..primitives.errors import ConfigError, CostTooLarge
 from ..primitives.resources import Rate
 from .base import BackendUnavailable
-from .redis import GlobalBucket, Grant, RedisBackend, RedisLease, RedisStatistics
+from .redis import GlobalBucket, GlobalPool, RedisBackend, RedisLease, RedisStatistics
 
-__all__ = ["RedisLimits"]
+__all__ = ["RedisLimits", "redis_limits"]
+
+_log = logging.getLogger("stageflow_plus.redis")
 
 
 def _caps(value: int | Mapping[str, int] | None, where: str) -> tuple[int | None, dict[str, int]]:
@@ -67,21 +66,21 @@ class RedisLimits:
     :param actual_cost: reads the actual cost from a result; the difference is charged or
         refunded in the release round trip.
     :param retry_after: finds a provider's ``Retry-After``; the rate key is then paused for
-        every process.
+        every process (at most the backend's ``max_pause``).
+    :param fair_cost: what a call costs its tenant's fair share: ``"calls"`` (1) or a cost
+        dimension such as ``"tokens"`` (at least 1).
     :param clock: the clock of ``call.deadline`` (use the chain's; default the loop's).
-    :param poll_interval: seconds between tries while blocked on a concurrency cap.
-    :param max_wait: longest wait for global permits without a deadline (``None``: none).
+    :param max_wait: longest wait in the global queue without a deadline (``None``: none).
 
     Errors: :class:`CostTooLarge` (a call above a bucket's burst), :class:`DeadlineUnmeetable`
-    (the known wait exceeds the deadline), :class:`WaitTimeout` (still blocked at the
-    deadline), :class:`BackendUnavailable` (Redis down under ``fail_closed``); each carries
-    ``retry_after`` when known. Cancellation while waiting takes nothing; a grant racing with
-    a cancellation is released at once; cancellation while running releases in the
-    background (or by TTL).
+    (the known wait exceeds the deadline), :class:`WaitTimeout` (still queued at the
+    deadline), :class:`BackendUnavailable` (Redis down under ``fail_closed``). Cancellation
+    while queued takes nothing (a grant racing it is given back); cancellation while running
+    releases in the background (or by TTL).
     """
 
-    __slots__ = ("_actual_cost", "_background", "_buckets", "_clock", "_locks", "_pools",
-                 "_rate_key", "_rates", "_retry_after", "backend", "max_wait", "poll_interval")
+    __slots__ = ("_actual_cost", "_background", "_clock", "_fair_dimension", "_pools",
+                 "_rate_key", "_rates", "_retry_after", "backend", "max_wait")
 
     outside_limits = False
 
@@ -96,10 +95,12 @@ class RedisLimits:
         rate_key: str | Callable[[ToolCall], str] = "global",
         actual_cost: Callable[[Any], Mapping[str, float] | None] | None = None,
         retry_after: Callable[[Any], float | None] | None = default_retry_after,
+        fair_cost: str = "calls",
         clock: Clock | Callable[[], float] | None = None,
-        poll_interval: float = 0.002,
         max_wait: float | None = None,
     ) -> None:
+        if not isinstance(backend, RedisBackend):
+            raise ConfigError(f"RedisLimits needs a RedisBackend, got {type(backend).__name__}")
         self.backend = backend
         self._pools = (
             ("global", *_caps(concurrency, "concurrency"), lambda c: "*"),
@@ -116,28 +117,28 @@ class RedisLimits:
             self._rate_key = KEYS[rate_key]
         else:
             self._rate_key = rate_key
-        for name, value in (("poll_interval", poll_interval), ("max_wait", max_wait)):
-            if value is not None and (isinstance(value, bool) or not isinstance(
-                    value, (int, float)) or not (value > 0 and math.isfinite(value))):
-                raise ConfigError(f"RedisLimits {name} must be a number > 0, got {value!r}")
-        self.poll_interval = float(poll_interval)
+        if max_wait is not None and (isinstance(max_wait, bool) or not isinstance(
+                max_wait, (int, float)) or not (max_wait > 0 and math.isfinite(max_wait))):
+            raise ConfigError(f"RedisLimits max_wait must be a number > 0, got {max_wait!r}")
+        if not isinstance(fair_cost, str) or not fair_cost:
+            raise ConfigError(f"RedisLimits fair_cost must be 'calls' or a cost name, "
+                              f"got {fair_cost!r}")
+        self._fair_dimension = None if fair_cost == "calls" else fair_cost
         self.max_wait = max_wait
         self._actual_cost = actual_cost
         self._retry_after = retry_after
         self._clock = as_clock(clock)
-        self._locks: dict[str, list[Any]] = {}  # key -> [lock, users]: one poller per key
         self._background: set[asyncio.Task[None]] = set()
-        self._buckets: dict[tuple[str, float], tuple[tuple[str, Rate], ...]] = {}
 
     # -- what a call needs -------------------------------------------------------------
-    def spec(self, call: ToolCall) -> tuple[list[tuple[str, int]], list[GlobalBucket], list[str]]:
+    def spec(self, call: ToolCall) -> tuple[list[GlobalPool], list[GlobalBucket], list[str]]:
         """The ``(pools, buckets, pauses)`` of ``call`` in Redis terms."""
-        pools: list[tuple[str, int]] = []
+        pools: list[GlobalPool] = []
         for name, default, overrides, key_of in self._pools:
             group = key_of(call)
             cap = overrides.get(group, default)
             if cap is not None:
-                pools.append((f"{name}:{group}", cap))
+                pools.append(GlobalPool(f"{name}:{group}", cap))
         buckets: list[GlobalBucket] = []
         pauses: list[str] = []
         if self._rates:
@@ -150,107 +151,40 @@ class RedisLimits:
                 buckets.append(GlobalBucket(name, r.rate, r.capacity, amount))
         return pools, buckets, pauses
 
+    def _fair_cost(self, call: ToolCall) -> float:
+        if self._fair_dimension is None:
+            return 1.0
+        return max(1.0, float(call.cost.get(self._fair_dimension, 1.0)))
+
     # -- acquiring ---------------------------------------------------------------------
     async def acquire(self, call: ToolCall) -> RedisLease:
         """Wait for every global permit of ``call`` (see the class docstring for errors)."""
         pools, buckets, pauses = self.spec(call)
         for b in buckets:
+            if not (math.isfinite(b.amount) and b.amount >= 0):
+                raise ConfigError(f"redis: the cost {b.dimension!r} of a call to {call.tool!r} "
+                                  f"must be a finite number >= 0, got {b.amount!r}")
             if b.amount > b.burst:
                 raise CostTooLarge(f"redis: a call needs {b.amount:g} of {b.key!r}, which can "
                                    f"never grant more than {b.burst:g} at once",
                                    key=b.key, limiter="redis")
-        deadline = call.deadline
+        timeout = None if call.deadline is None else call.deadline - self._clock.now()
         if self.max_wait is not None:
-            limit = self._clock.now() + self.max_wait
-            deadline = limit if deadline is None else min(deadline, limit)
+            timeout = self.max_wait if timeout is None else min(timeout, self.max_wait)
         backend = self.backend
-        keys = [backend.pool_key(name) for name, _ in pools]
-        keys += [backend.bucket_key(b.key) for b in buckets]
-        keys += [backend.pause_key(name) for name in pauses]
-        busy = next((k for k in keys if k in self._locks), None)
-        if busy is None:  # nobody of this process polls on these keys: try at once
-            grant, lease = await self._try(call, pools, buckets, pauses)
-            if lease is not None:
-                return lease
-            self._wait_for(grant, deadline, call)  # refuses at once when the deadline is near
-            busy = grant.key
-        else:  # queue behind this process's poller instead of overtaking it
-            grant = Grant(False, self.poll_interval, "queued", busy)
-        entry = self._locks.get(busy)
-        if entry is None:
-            entry = self._locks[busy] = [asyncio.Lock(), 0]
-        lock: asyncio.Lock = entry[0]
-        entry[1] += 1  # users of this key's lock; the lock is dropped with the last one
         try:
-            try:
-                when = None if deadline is None else (
-                    asyncio.get_running_loop().time() + max(0.0, deadline - self._clock.now()))
-                async with asyncio.timeout_at(when):
-                    await lock.acquire()
-            except TimeoutError:
-                raise self._timeout(grant, call) from None
-            try:
-                while True:
-                    grant, lease = await self._try(call, pools, buckets, pauses)
-                    if lease is not None:
-                        return lease
-                    await asyncio.sleep(self._wait_for(grant, deadline, call))
-            finally:
-                lock.release()
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._locks[busy]
-
-    def _wait_for(self, grant: Grant, deadline: float | None, call: ToolCall) -> float:
-        """Seconds to sleep before the next try, or the refusal the deadline calls for."""
-        wait = grant.wait
-        if grant.reason == "concurrency":
-            wait = min(wait, self.poll_interval * (0.5 + random.random()))
-        if deadline is not None:
-            remaining = deadline - self._clock.now()
-            if grant.reason != "concurrency" and grant.wait > remaining:
-                raise DeadlineUnmeetable(
-                    f"redis: {grant.reason} on {grant.key!r} needs {grant.wait:.3f} s, "
-                    f"the call's deadline is in {max(0.0, remaining):.3f} s",
-                    key=grant.key, limiter="redis", retry_after=grant.wait)
-            if remaining <= 0:
-                raise self._timeout(grant, call)
-            wait = min(wait, remaining)
-        return wait
-
-    def _timeout(self, grant: Grant, call: ToolCall) -> WaitTimeout:
-        return WaitTimeout(f"redis: still blocked by {grant.reason} on {grant.key!r} at the "
-                           "call's deadline", key=grant.key, limiter="redis",
-                           retry_after=grant.wait or None)
-
-    async def _try(
-        self,
-        call: ToolCall,
-        pools: list[tuple[str, int]],
-        buckets: list[GlobalBucket],
-        pauses: list[str],
-    ) -> tuple[Grant, RedisLease | None]:
-        backend = self.backend
-        task = asyncio.ensure_future(backend.try_acquire(pools, buckets, pauses))
-        try:
-            return await asyncio.shield(task)
-        except BackendUnavailable as exc:
+            return await backend.acquire(pools, buckets, pauses, priority=call.priority,
+                                         tenant=call.tenant, cost=self._fair_cost(call),
+                                         timeout=timeout)
+        except BackendUnavailable:
             if backend.policy == "fail_open":
-                return Grant(True, 0.0, "", ""), backend.degraded_lease()
+                return backend.degraded_lease()
+            if backend.policy == "degrade":
+                return await backend.acquire_share(
+                    pools, buckets, priority=call.priority, tenant=call.tenant,
+                    cost=self._fair_cost(call), timeout=timeout, info=call)
             backend.count_failed_closed()
-            exc.retry_after = backend.recheck_s
             raise
-        except asyncio.CancelledError:
-            task.add_done_callback(self._release_orphan)
-            raise
-
-    def _release_orphan(self, task: asyncio.Task[tuple[Grant, RedisLease | None]]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        lease = task.result()[1]
-        if lease is not None:
-            self._release_later(lease, None)
 
     def _release_later(self, lease: RedisLease, actual: dict[str, float] | None) -> None:
         task = asyncio.get_running_loop().create_task(lease.release(actual))
@@ -263,7 +197,7 @@ class RedisLimits:
         try:
             result = await proceed(call)
         except Exception as error:
-            await lease.release()
+            self._release_later(lease, None)
             await self._maybe_pause(call, error)
             raise
         except BaseException:
@@ -276,7 +210,12 @@ class RedisLimits:
                 if measured:
                     actual = {k: float(v) for k, v in measured.items()}
         finally:  # a failing actual_cost still gives the permits back (unreconciled)
-            await lease.release(actual)
+            if actual is None:
+                # the caller does not wait for the release round trip: the permits come
+                # back as soon as it lands (and wake the next waiter anywhere)
+                self._release_later(lease, None)
+            else:  # a charge is in place before the next call of this task is admitted
+                await lease.release(actual)
         await self._maybe_pause(call, result)
         return result
 
@@ -288,12 +227,18 @@ class RedisLimits:
             await self.pause(self._rate_key(call), seconds)
 
     async def pause(self, key: str, seconds: float) -> None:
-        """Pause rate key ``key`` for every process (a provider's ``Retry-After``).
-
-        Never raises for Redis trouble (logged and counted by the backend).
-        """
-        with contextlib.suppress(BackendUnavailable):
+        """Pause rate key ``key`` for every process (a provider's ``Retry-After``), at most
+        the backend's ``max_pause``. Never raises for Redis trouble (logged, counted)."""
+        try:
             await self.backend.pause(f"rate:{key}", seconds)
+        except BackendUnavailable:
+            pass
+        except ValueError as error:  # a provider's nonsense never costs the caller its result
+            _log.warning("ignored a provider pause for %r: %s", key, error)
+
+    async def aclose(self) -> None:
+        """Wait for the releases still in flight."""
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def statistics(self) -> RedisStatistics:
         """The backend's counters (this process)."""
@@ -304,3 +249,29 @@ class RedisLimits:
                          if d is not None or o)
         rates = ", ".join(f"{r.limit:g} {r.dimension}/{r.per:g}s" for r in self._rates)
         return f"RedisLimits({caps}{'; ' if caps and rates else ''}{rates})"
+
+
+def redis_limits(
+    backend: RedisBackend,
+    *,
+    concurrency: int | None = None,
+    per_tool: int | Mapping[str, int] | None = None,
+    per_tenant: int | Mapping[str, int] | None = None,
+    per_run: int | None = None,
+    rates: Rate | Sequence[Rate] = (),
+    rate_key: str | Callable[[ToolCall], str] = "global",
+    fair_cost: str = "calls",
+    clock: Clock | Callable[[], float] | None = None,
+) -> list[ToolCallInterceptor]:
+    """The chain steps for global limits: what stays per process, then :class:`RedisLimits`.
+
+    Per process: a :class:`ConcurrencyLimiter` with only ``per_run`` (a run lives in one
+    process; it is always there, uncapped without ``per_run``, so a run's own
+    ``_concurrency`` override applies). Global, in Redis: ``concurrency``, ``per_tool``,
+    ``per_tenant`` and ``rates``, ordered by the global queue.
+    """
+    return [
+        ConcurrencyLimiter(per_run=per_run),
+        RedisLimits(backend, concurrency=concurrency, per_tool=per_tool, per_tenant=per_tenant,
+                    rates=rates, rate_key=rate_key, fair_cost=fair_cost, clock=clock),
+    ]

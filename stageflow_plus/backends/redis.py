@@ -1,39 +1,27 @@
-"""Global permits in Redis: the same limits across processes.
+"""Global limits in Redis: one wait queue for every process sharing a prefix.
 
-Shape: a *local waiting room over global permits*. Each process keeps its in-memory
-:class:`~stageflow_plus.interceptors.gate.AdmissionGate` (priority/fair ordering,
-cancellation safety, queue bounds). Right after it in the
-:class:`~stageflow_plus.interceptors.chain.ToolCallChain` stands
-:class:`~stageflow_plus.backends.limits.RedisLimits`, which takes the call's *global*
-permits from Redis with one Lua script (:file:`lua/acquire.lua`), atomically and all or
-nothing:
+:class:`RedisBackend` holds the connection, the Lua scripts (:file:`lua/`) and the policy
+for when Redis is unreachable. Its waiting primitive, :meth:`RedisBackend.acquire`, has the
+contract of the in-process :meth:`~stageflow_plus.primitives.limiter.Limiter.acquire`, for
+every process at once:
 
-* **concurrency** — a lease per call in a ZSET scored by its expiry (``now + ttl``); a
-  heartbeat task extends held leases every ``ttl / 3``; the script purges expired leases
-  itself, so the permits of a crashed (SIGKILLed) process come back within ``ttl``;
-* **rates** — GCRA per bucket (one key holding the theoretical arrival time), several
-  buckets per call (requests *and* tokens), all or nothing; burst = the bucket's tolerance;
-* **provider pauses** — a key alive while a provider's ``Retry-After`` lasts, set by
-  :meth:`RedisBackend.pause`, seen by every process.
+* **all or nothing** — concurrency pools (a lease per call in a ZSET, TTL + heartbeat),
+  GCRA buckets (requests *and* tokens) and provider pauses are taken in one script or not
+  at all; no call holds a permit while it waits for another;
+* **one global order** — a call that cannot go at once joins the queue in Redis, ordered
+  by priority with aging and weighted fair share across tenants (start-time fair queuing),
+  the same policy as :class:`~stageflow_plus.primitives.ordering.PriorityFairOrdering`;
+* **pushed wake-ups** — whoever frees capacity runs the dispatch pass in the same script,
+  which pushes each grant to the waiter's process (:mod:`.wakeups`); no poll loop;
+* **cancellation-safe** — a waiter cancelled or timed out leaves the queue, or gives back a
+  grant that raced it, atomically (:file:`lua/cancel.lua`); a crashed process's leases and
+  queued calls lapse after ``ttl``.
 
-Time comes from ``redis.call('TIME')``, never from a client clock. The script answers
-"granted" or "wait *w* for *reason*"; the client sleeps (bounded by the call's deadline) and
-tries again. The common case is **one round trip** (``EVALSHA``; redis-py reloads a script
-flushed by a restart). Release is one round trip too, reconciling the actual token cost
-(charge or refund) in the same script.
-
-When Redis cannot be reached the backend applies its policy: ``"fail_open"`` (the call
-proceeds with only the local limits — the local gate is the fallback limiter) or
-``"fail_closed"`` (:class:`BackendUnavailable`). Either way a structlog event
-``redis_limits.unavailable`` is logged and counted in :meth:`RedisBackend.statistics`;
-after a failure the backend does not try Redis again for ``recheck_s`` (no call waits on
-a dead server). Every Redis command is bounded by ``op_timeout``.
-
-Priority across processes: each process orders its own waiters; between processes the
-global permits go to whoever asks first after they free up (polling). So priority holds
-within a process, only approximately across processes. See :file:`docs/redis.md`.
-
-Keys share the hash tag ``{prefix}`` so one script's keys live in one Redis Cluster slot.
+Time is the server's (``TIME``). An uncontended acquire is one round trip, so is a release.
+Redis errors are translated at one boundary (:meth:`RedisBackend._run`) into
+:class:`BackendUnavailable`; the policy (``fail_closed``, ``fail_open``, ``degrade``) is
+applied by the caller, :class:`~stageflow_plus.backends.limits.RedisLimits`. Every text
+naming the URL goes through :mod:`.redact`.
 
 .. versionadded:: 0.1.0
 """
@@ -43,160 +31,146 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from ..interceptors.call import ToolCall, ToolCallInterceptor
-from ..interceptors.concurrency import ConcurrencyLimiter
-from ..interceptors.rate import TokenBucketRateLimiter
 from ..primitives.clock import Clock
-from ..primitives.errors import ConfigError
-from ..primitives.resources import Rate
+from ..primitives.errors import ConfigError, DeadlineUnmeetable, WaitTimeout
+from ..primitives.rate import Rate
 from ..primitives.stats import WaitRecorder
 from .base import BackendUnavailable
-from .records import GlobalBucket, Grant, RedisStatistics
+from .degrade import LocalShare
+from .heartbeat import Heartbeat
+from .lease import RedisLease
+from .options import Policy, check_options, check_order, check_query
+from .records import GlobalBucket, GlobalPool, Grant, RedisStatistics
+from .redact import Redactor
+from .resp import FastConnection, FastScript
+from .wakeups import DispatchTimer, Mailbox
 
-__all__ = ["GlobalBucket", "Grant", "RedisBackend", "RedisLease", "RedisStatistics"]
+if TYPE_CHECKING:  # (types only: this module imports no interceptor)
+    from ..interceptors.call import ToolCall, ToolCallInterceptor
 
-Policy = Literal["fail_open", "fail_closed"]
-_log = structlog.get_logger("stageflow_plus")
+__all__ = ["GlobalBucket", "GlobalPool", "Grant", "RedisBackend", "RedisLease",
+           "RedisStatistics"]
+
+_log = logging.getLogger("stageflow_plus.redis")
 
 
-def _script(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
+def _script(name: str, *, queue: bool = True) -> str:
+    folder = resources.files(__package__).joinpath("lua")
+    body = folder.joinpath(name).read_text(encoding="utf-8")
+    return folder.joinpath("prelude.lua").read_text(encoding="utf-8") + body if queue else body
 
 
-class RedisLease:
-    """Global permits held by one call; :meth:`release` once (idempotent).
-
-    :ivar member: the lease id in the concurrency ZSETs.
-    :ivar pools: the concurrency ZSET keys (with prefix).
-    :ivar buckets: the buckets drawn from, with the amounts taken.
-    :ivar granted_at: the grant's time on the Redis server's clock (Unix seconds).
-    :ivar degraded: ``True`` when Redis was unreachable and the policy let the call proceed
-        without global permits.
-    """
-
-    __slots__ = ("_backend", "buckets", "degraded", "granted_at", "member", "pools", "released")
-
-    def __init__(
-        self,
-        backend: RedisBackend,
-        member: str,
-        pools: Sequence[str],
-        buckets: Sequence[GlobalBucket],
-        *,
-        granted_at: float = 0.0,
-        degraded: bool = False,
-    ) -> None:
-        self._backend = backend
-        self.granted_at = granted_at
-        self.member = member
-        self.pools = tuple(pools)
-        self.buckets = tuple(buckets)
-        self.degraded = degraded
-        self.released = degraded
-
-    async def release(self, actual: dict[str, float] | None = None) -> None:
-        """Return the concurrency permits and reconcile token costs (one round trip).
-
-        :param actual: the actual cost per bucket key suffix dimension, e.g.
-            ``{"tokens": 812}``; a bucket whose key ends with ``:tokens`` is charged the
-            difference to its estimate (refunded when lower).
-
-        Never raises for Redis trouble: a lease that cannot be released expires after the
-        TTL. Cancellation during the round trip leaves that to the TTL as well.
-        """
-        if self.released:
-            return
-        self.released = True
-        await self._backend._release(self, actual or {})
+def _ms(value: Any) -> float | None:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return float(text) if text else None
 
 
 class RedisBackend:
     """A connection to Redis plus the scripts and policy of global limits.
 
-    :param url: ``redis://[:password@]host[:port][/db]`` (or ``rediss://``, ``unix://``).
-    :param prefix: key prefix; processes sharing limits must use the same one.
-    :param ttl: seconds a concurrency lease lives without a heartbeat (>= 0.1).
-    :param on_unavailable: ``"fail_open"`` or ``"fail_closed"``.
+    :param url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``,
+        ``unix://``); never shown unredacted.
+    :param prefix: key prefix; processes sharing limits use the same one (keys are
+        hash-tagged ``{prefix}``: one Redis Cluster slot).
+    :param ttl: seconds a lease or a queued call lives without its process's heartbeat.
+    :param on_unavailable: ``"fail_closed"`` (refuse), ``"fail_open"`` (no global limits) or
+        ``"degrade"`` (this process's share of each limit, see :mod:`.degrade`).
     :param op_timeout: bound on any one Redis command, seconds (default ``min(0.5, ttl/4)``;
         must stay below ``ttl/3``, the heartbeat's period).
     :param recheck_s: after a failure, seconds during which Redis is not tried again.
-    :param client: an existing ``redis.asyncio.Redis`` (the URL is then only a label).
+    :param max_pause: the longest provider pause (``Retry-After``) shared through Redis;
+        longer ones are shortened to it and logged.
+    :param aging_interval: seconds of waiting worth one priority level in the global queue
+        (``None``: strict priorities); every process of a prefix must use the same value.
+    :param weights: tenant → fair-share weight (default 1), the same in every process.
+    :param cluster: connect to a Redis Cluster (the URL names any node).
+    :param client: an existing ``redis.asyncio`` client (the URL is then only a label).
     """
 
-    def __init__(
-        self,
-        url: str = "redis://127.0.0.1:6379/0",
-        *,
-        prefix: str = "sfp",
-        ttl: float = 10.0,
-        on_unavailable: Policy = "fail_closed",
-        op_timeout: float | None = None,
-        recheck_s: float = 0.25,
-        client: aioredis.Redis | None = None,
-    ) -> None:
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "sfp",
+                 ttl: float = 10.0, on_unavailable: Policy = "fail_closed",
+                 op_timeout: float | None = None, recheck_s: float = 0.25,
+                 max_pause: float = 60.0, aging_interval: float | None = 1.0,
+                 weights: dict[str, float] | None = None, cluster: bool = False,
+                 client: Any = None) -> None:
+        self._redact = Redactor(url)
         if op_timeout is None:  # 0.5 s, and below ttl/4: a heartbeat must land before expiry
             op_timeout = min(0.5, ttl / 4) if isinstance(ttl, (int, float)) else 0.5
-        if on_unavailable not in ("fail_open", "fail_closed"):
-            raise ConfigError(
-                f"on_unavailable must be 'fail_open' or 'fail_closed', got {on_unavailable!r}"
-            )
-        for name, value, low in (("ttl", ttl, 0.1), ("op_timeout", op_timeout, 0.001),
-                                 ("recheck_s", recheck_s, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                value >= low and math.isfinite(value)
-            ):
-                raise ConfigError(f"RedisBackend {name} must be a number >= {low}, got {value!r}")
-        if op_timeout >= ttl / 3:
-            raise ConfigError(
-                f"RedisBackend op_timeout ({op_timeout:g} s) must be below ttl/3 "
-                f"({ttl / 3:g} s): the heartbeat extends leases every ttl/3"
-            )
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ConfigError(f"RedisBackend prefix must be a non-empty string without braces, "
-                              f"got {prefix!r}")
-        self.url = url
+        check_options(ttl=ttl, on_unavailable=on_unavailable, op_timeout=op_timeout,
+                      recheck_s=recheck_s, max_pause=max_pause, prefix=prefix)
+        check_order(aging_interval, weights)
+        if client is None:
+            check_query(url, self._redact.url)
+        self.weights = dict(weights or {})
+        self.url = self._redact.url  # printable; the real URL only reaches the client
         self.prefix = f"{{{prefix}}}:"
         self.ttl = float(ttl)
         self.policy: Policy = on_unavailable
         self.op_timeout = float(op_timeout)
         self.recheck_s = float(recheck_s)
+        self.max_pause = float(max_pause)
+        self.aging_ms = "" if aging_interval is None else repr(float(aging_interval) * 1000)
+        self.cluster = bool(cluster)
+        self._initialized = False
         try:
-            self.client: aioredis.Redis = client if client is not None else aioredis.from_url(
-                url,
-                socket_timeout=op_timeout,
-                socket_connect_timeout=op_timeout,
-                retry=Retry(NoBackoff(), 0),
-                decode_responses=False,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
-        self._acquire = self.client.register_script(_script("acquire.lua"))
-        self._release_script = self.client.register_script(_script("release.lua"))
-        self._extend = self.client.register_script(_script("extend.lua"))
-        self._pause = self.client.register_script(_script("pause.lua"))
-        self._token = uuid.uuid4().hex[:12]
+            self.client: Any = client if client is not None else self._connect(url, op_timeout)
+            blocking = self._connect(url, None) if client is None else client
+        except (ValueError, RedisError) as exc:
+            raise ConfigError(f"invalid Redis URL {self.url!r}: {self._redact(exc)}") from None
+        # the hot path (every script) on a lean pipelined connection; redis-py for the
+        # rest (blocking reads, Cluster, a client given by the caller)
+        self._fast = FastConnection(url, connect_timeout=self.op_timeout) if (
+            client is None and not self.cluster) else None
+        sources = {name: _script(f"{name}.lua") for name in
+                   ("acquire", "release", "cancel", "tick", "extend", "restore")}
+        sources["pause"] = _script("pause.lua", queue=False)
+        fast = self._fast
+        self._scripts: dict[str, Any] = {
+            name: FastScript(fast, source) if fast is not None
+            else self.client.register_script(source) for name, source in sources.items()}
+        self._proc = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
+        self._queue_key = f"{self.prefix}q:wait"
+        self.mailbox = Mailbox(blocking, f"{self.prefix}wake:{self._proc}",
+                               poll_s=1.0 if client is None else self.op_timeout / 2,
+                               stall_s=max(0.5, 2 * self.op_timeout), describe=self.describe,
+                               reachable=self._reachable)
+        self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters), self._proc)
         self._held: dict[str, RedisLease] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._degraded: dict[str, RedisLease] = {}  # admitted on the local share, running
+        self._restore_due = False
+        self._heartbeat = Heartbeat(self)
+        self._background: set[asyncio.Task[Any]] = set()
         self._down_until = -math.inf
+        self.share = LocalShare(aging_ms=None if aging_interval is None
+                                else float(aging_interval) * 1000, weights=self.weights)
         self._latency = WaitRecorder()
         self._counts = dict.fromkeys(
             ("acquired", "refused", "round_trips", "unavailable", "failed_open",
-             "failed_closed", "lost_leases"), 0)
+             "failed_closed", "degraded", "lost_leases", "capped_pauses"), 0)
+
+    def _connect(self, url: str, timeout: float | None) -> Any:
+        options: dict[str, Any] = {"socket_timeout": timeout, "retry": Retry(NoBackoff(), 0),
+                                   "socket_connect_timeout": self.op_timeout,
+                                   "decode_responses": False}
+        if self.cluster:
+            return RedisCluster.from_url(url, **options)
+        return aioredis.from_url(url, **options)
 
     # -- keys --------------------------------------------------------------------------
     def pool_key(self, name: str) -> str:
@@ -211,195 +185,330 @@ class RedisBackend:
         """The Redis key of the provider pause of ``name``."""
         return f"{self.prefix}pause:{name}"
 
+    def describe(self, exc: BaseException) -> str:
+        """``"Type: message"`` of an exception, with every secret of the URL hidden."""
+        return self._redact(f"{type(exc).__name__}: {exc}")
+
     # -- the one boundary where Redis errors are translated ---------------------------
     @property
     def available(self) -> bool:
         """``False`` while the backend is in its ``recheck_s`` pause after a failure."""
         return time.monotonic() >= self._down_until
 
-    async def _run(
-        self, script: Any, keys: Sequence[str], args: Sequence[Any], *, force: bool = False
-    ) -> Any:
+    async def _run(self, script: str, keys: Sequence[str], args: Sequence[Any], *,
+                   force: bool = False) -> Any:
         """Run one script, translating every Redis failure into :class:`BackendUnavailable`.
 
         ``force``: try even during the ``recheck_s`` pause (releases: a permit given back
         late is better than one stranded until its TTL)."""
         if not force and not self.available:
-            raise BackendUnavailable(
-                f"Redis at {self.url} is unavailable (retrying in "
-                f"{self._down_until - time.monotonic():.2f} s)", limiter="redis")
+            raise BackendUnavailable(f"Redis at {self.url} is unavailable (retrying in "
+                                     f"{self._down_until - time.monotonic():.2f} s)",
+                                     limiter="redis", retry_after=self.recheck_s)
         self._counts["round_trips"] += 1
         try:
+            if self.cluster and not self._initialized:  # the slot map, once (a few commands)
+                async with asyncio.timeout(max(5.0, self.op_timeout)):
+                    await self.client.initialize()
+                self._initialized = True
             async with asyncio.timeout(self.op_timeout):
-                return await script(keys=list(keys), args=list(args))
+                return await self._scripts[script](keys=list(keys), args=list(args))
         except (RedisError, OSError, TimeoutError) as exc:
             self._counts["unavailable"] += 1
+            was_up = self.available  # warn once per outage; the retries within it at DEBUG
             self._down_until = time.monotonic() + self.recheck_s
+            self._restore_due = True
             if not isinstance(exc, ResponseError):
                 # every pooled connection is suspect (a restart breaks them all): drop them
                 # at once, so the next attempt after recheck_s starts on fresh ones
+                if self._fast is not None:
+                    self._fast.close()
                 with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
                     await self.client.connection_pool.disconnect(inuse_connections=False)
-            _log.warning("redis_limits.unavailable", url=self.url, policy=self.policy,
-                         error=f"{type(exc).__name__}: {exc}")
-            raise BackendUnavailable(
-                f"Redis at {self.url} is unavailable: {type(exc).__name__}: {exc}",
-                limiter="redis",
-            ) from exc
+            text = self.describe(exc)
+            _log.log(logging.WARNING if was_up else logging.DEBUG,
+                     "Redis at %s unavailable (%s; policy %s)", self.url, text, self.policy)
+            error = BackendUnavailable(f"Redis at {self.url} is unavailable: {text}",
+                                       limiter="redis", retry_after=self.recheck_s)
+            # a refused connection sent nothing; anything else may have reached the server
+            error.sent = not (isinstance(exc, RedisConnectionError) and "connecting" in str(exc))
+            # (not chained: a client library's message could quote the URL; `text` is the
+            # redacted account of the cause)
+            raise error from None
 
-    # -- operations --------------------------------------------------------------------
-    async def try_acquire(
-        self,
-        pools: Sequence[tuple[str, int]],
-        buckets: Sequence[GlobalBucket],
-        pauses: Sequence[str] = (),
-    ) -> tuple[Grant, RedisLease | None]:
-        """One acquire round trip: all permits or none.
+    def _queue_args(self, *rest: Any) -> list[Any]:
+        return [self.prefix, self.aging_ms, *rest]
 
-        :param pools: ``(pool name, limit)`` pairs.
-        :param buckets: the buckets and amounts.
-        :param pauses: names of pause keys to respect.
+    # -- acquiring ---------------------------------------------------------------------
+    def _waiter(self, pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
+                pauses: Sequence[str], priority: int) -> list[Any]:
+        out: list[Any] = [self._proc, int(priority), len(pools), len(buckets), len(pauses)]
+        for p in pools:
+            out += [self.pool_key(p.key), p.limit]
+        for b in buckets:
+            interval = b.interval_ms
+            out += [self.bucket_key(b.key), repr(interval), repr(b.burst * interval),
+                    repr(b.amount)]
+        out += [self.pause_key(name) for name in pauses]
+        return out
+
+    def _weighted(self, tenant: str, cost: float) -> float:
+        return cost / self.weights.get(tenant, 1.0)
+
+    async def try_acquire(self, pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
+                          pauses: Sequence[str] = ()) -> tuple[Grant, RedisLease | None]:
+        """One round trip that grants at once or refuses; never queues.
+
+        Refuses (``reason="queued"``) while anyone waits in the global queue: nobody barges.
+
         :raises BackendUnavailable: Redis could not be reached (the caller applies the policy).
         """
-        member = f"{self._token}:{next(self._ids)}"
-        pool_keys = [self.pool_key(name) for name, _ in pools]
-        keys = pool_keys + [self.bucket_key(b.key) for b in buckets]
-        keys += [self.pause_key(p) for p in pauses]
-        args: list[Any] = [member, round(self.ttl * 1000), len(pools), len(buckets), len(pauses)]
-        args += [limit for _, limit in pools]
-        for b in buckets:
-            args += [repr(b.interval_ms), repr(b.burst * b.interval_ms), repr(b.amount)]
+        member = f"{self._proc}:{next(self._ids)}"
+        reply = await self._send_acquire(member, "try", pools, buckets, pauses, 0, "", 1.0, None)
+        status, wait = int(reply[0]), _ms(reply[1])
+        if status == 1:
+            return Grant(True, 0.0, "", ""), self._granted(member, pools, buckets, reply, 0.0)
+        self._counts["refused"] += 1
+        return Grant(False, (wait or 0.0) / 1000, _text(reply[2]), _text(reply[3])), None
+
+    async def _send_acquire(self, member: str, mode: str, pools: Sequence[GlobalPool],
+                            buckets: Sequence[GlobalBucket], pauses: Sequence[str],
+                            priority: int, tenant: str, cost: float,
+                            left: float | None) -> Any:
+        if self._restore_due and self.available:
+            await self._restore()
+        args = self._queue_args(
+            member, mode, round(self.ttl * 1000), tenant, repr(self._weighted(tenant, cost)),
+            "" if left is None else repr(left * 1000),
+            *self._waiter(pools, buckets, pauses, priority))
         started = time.perf_counter()
         try:
-            reply = await self._run(self._acquire, keys, args)
+            reply = await self._run("acquire", [self._queue_key], args)
         except BackendUnavailable as exc:
-            if pool_keys and exc.__cause__ is not None:  # sent: it may have run
-                # the script may have run and leased a permit nobody owns: give it back as
-                # soon as Redis answers again (else the TTL does)
-                self._release_in_background(member, pool_keys)
+            if pools and exc.sent:
+                # sent, maybe run: a permit nobody owns is given back as soon as Redis
+                # answers again (else its TTL does)
+                self._cancel_later(member, [self.pool_key(p.key) for p in pools])
             raise
         self._latency.add(time.perf_counter() - started)
-        granted, wait_us, reason, key = int(reply[0]), int(reply[1]), reply[2], reply[3]
-        if not granted:
-            self._counts["refused"] += 1
-            return Grant(False, wait_us / 1e6, _text(reason), _text(key)), None
-        self._counts["acquired"] += 1
-        lease = RedisLease(self, member, pool_keys, buckets, granted_at=int(reply[4]) / 1e6)
-        if pool_keys:
-            self._held[member] = lease
-            self._ensure_heartbeat()
-        return Grant(True, 0.0, "", ""), lease
+        return reply
 
+    def _granted(self, member: str, pools: Sequence[GlobalPool],
+                 buckets: Sequence[GlobalBucket], reply: Any, waited: float) -> RedisLease:
+        self._counts["acquired"] += 1
+        granted_at = (_ms(reply[4]) or 0.0) / 1000
+        lease = RedisLease(self, member, [self.pool_key(p.key) for p in pools], buckets,
+                           granted_at=granted_at, waited=waited)
+        if pools:
+            self._held[member] = lease
+        self._heartbeat.ensure()
+        return lease
+
+    async def acquire(self, pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
+                      pauses: Sequence[str] = (), *, priority: int = 0, tenant: str = "",
+                      cost: float = 1.0, timeout: float | None = None) -> RedisLease:
+        """Wait in the global queue until every permit can be taken together, then take all.
+
+        :param priority: higher is more urgent (aged by ``aging_interval``).
+        :param tenant: the fair-share owner; ``cost`` is charged to it (weighted).
+        :param timeout: seconds the call may wait (``None``: no bound).
+        :raises DeadlineUnmeetable: the known wait (rate, pause) exceeds ``timeout``.
+        :raises WaitTimeout: still waiting when ``timeout`` ran out.
+        :raises BackendUnavailable: Redis could not be reached (the caller applies the policy).
+
+        Cancellation: a call cancelled while waiting leaves the queue; if a grant raced the
+        cancellation, its permits are given back (one atomic script, sent in the background).
+        """
+        member = f"{self._proc}:{next(self._ids)}"
+        future = self.mailbox.expect(member)
+        started = time.monotonic()
+        pool_keys = [self.pool_key(p.key) for p in pools]
+        try:
+            reply = await self._send_acquire(member, "wait", pools, buckets, pauses, priority,
+                                             tenant, cost, timeout)
+        except asyncio.CancelledError:
+            self._abandon(member, pool_keys)  # the script may have queued or granted it
+            raise
+        except BaseException:
+            self.mailbox.forget(member)
+            raise
+        status = int(reply[0])
+        if status == 1:
+            self.mailbox.forget(member)
+            return self._granted(member, pools, buckets, reply, 0.0)
+        if status != 2:
+            self.mailbox.forget(member)
+            self._counts["refused"] += 1
+            wait = (_ms(reply[1]) or 0.0) / 1000
+            raise DeadlineUnmeetable(
+                f"redis: {_text(reply[2])} on {_text(reply[3])!r} needs {wait:.3f} s, more "
+                f"than the {max(0.0, timeout or 0.0):.3f} s the call may wait",
+                key=_text(reply[3]), limiter="redis", retry_after=wait or None)
+        self.mailbox.listen()
+        self._timer.schedule(_ms(reply[5]), _ms(reply[4]) or 0.0, _text(reply[6]))
+        self._heartbeat.ensure()
+        try:
+            async with asyncio.timeout(timeout):
+                at_ms = await future
+        except TimeoutError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return self._granted(member, pools, buckets, [0, 0, 0, 0, future.result()],
+                                     time.monotonic() - started)
+            self._abandon(member, pool_keys)
+            raise WaitTimeout(f"redis: still waiting in the global queue ({_text(reply[2])} on "
+                              f"{_text(reply[3])!r}) after {timeout:.3f} s", key=_text(reply[3]),
+                              limiter="redis") from None
+        except BaseException:
+            self._abandon(member, pool_keys)  # cancelled, or Redis lost (the policy decides)
+            raise
+        return self._granted(member, pools, buckets, [0, 0, 0, 0, at_ms],
+                             time.monotonic() - started)
+
+    def _abandon(self, member: str, pool_keys: Sequence[str]) -> None:
+        self.mailbox.forget(member)
+        self._cancel_later(member, pool_keys)
+
+    def _cancel_later(self, member: str, pool_keys: Sequence[str]) -> None:
+        async def cancel() -> None:
+            for attempt in range(2):
+                try:
+                    reply = await self._run("cancel", [self._queue_key, *pool_keys],
+                                            self._queue_args(member), force=True)
+                    self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0, _text(reply[3]))
+                    return
+                except BackendUnavailable:
+                    if attempt == 0:
+                        await asyncio.sleep(self.recheck_s)
+            # still unreachable: the queued entry and any raced grant lapse after the TTL
+
+        self._spawn(cancel())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reachable(self) -> bool:
+        """Whether Redis answers now (one heartbeat: it also wakes waiters granted while
+        their mailbox message was lost)."""
+        await self._heartbeat.beat()
+        return self.available
+
+    async def _tick(self) -> tuple[float | None, float, str]:
+        reply = await self._run("tick", [self._queue_key], self._queue_args())
+        return _ms(reply[0]), _ms(reply[1]) or 0.0, _text(reply[2])
+
+    # -- the policies ------------------------------------------------------------------
     def degraded_lease(self) -> RedisLease:
-        """A lease standing for "no global permits" (fail_open); counts it."""
+        """A lease standing for "no global permits" (``fail_open``); counts it."""
         self._counts["failed_open"] += 1
         return RedisLease(self, "", (), (), degraded=True)
 
+    async def acquire_share(self, pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
+                            *, priority: int, tenant: str, cost: float,
+                            timeout: float | None, info: Any = None) -> RedisLease:
+        """Wait for this process's share of the limits (``degrade``), in memory."""
+        self.share.begin({m: lease.pools for m, lease in self._held.items()})
+        demands = self.share.demands([(self.pool_key(p.key), p) for p in pools],
+                                     [(self.bucket_key(b.key), b) for b in buckets])
+        local = await self.share.acquire(demands, priority=priority, tenant=tenant, cost=cost,
+                                         timeout=timeout, info=info)
+        self._counts["degraded"] += 1
+        member = f"{self._proc}:{next(self._ids)}"
+        lease = RedisLease(self, member, [self.pool_key(p.key) for p in pools], (),
+                           degraded=True, local=local)
+        if pools:
+            self._degraded[member] = lease
+        return lease
+
+    async def _restore(self) -> None:
+        """Redis answers again: (re)lease what this process still runs — leases from before
+        the outage (gone if the server restarted) and calls admitted on its local share —
+        before anything new is granted. One round trip; raises BackendUnavailable."""
+        leases = [*self._held.values(), *self._degraded.values()]
+        keys = [k for lease in leases for k in lease.pools]
+        members = [lease.member for lease in leases for _ in lease.pools]
+        if keys:
+            await self._run("restore", [self._queue_key, *keys],
+                            self._queue_args(round(self.ttl * 1000), *members))
+        for lease in leases:
+            if lease.member in self._degraded:
+                self._held[lease.member] = lease  # counted in Redis now: released there too
+            elif lease.member not in self._held:  # ended during the round trip: take it out
+                self._cancel_later(lease.member, lease.pools)
+        self._degraded.clear()
+        self._restore_due = False
+
     def count_failed_closed(self) -> None:
-        """Count a call refused because Redis was unavailable (fail_closed)."""
+        """Count a call refused because Redis was unavailable (``fail_closed``)."""
         self._counts["failed_closed"] += 1
 
+    # -- releasing ---------------------------------------------------------------------
     async def _release(self, lease: RedisLease, actual: dict[str, float]) -> None:
         self._held.pop(lease.member, None)
-        deltas = []
+        self.share.lease_ended(lease.member)
+        deltas: list[str] = []
         for b in lease.buckets:
-            dimension = b.key.rsplit(":", 1)[-1]
-            value = actual.get(dimension)
+            value = actual.get(b.dimension)
             delta = 0.0 if value is None else float(value) - b.amount
             deltas += [repr(b.interval_ms), repr(delta)]
         if not lease.pools and not any(float(d) for d in deltas[1::2]):
             return  # nothing to give back: no round trip
-        keys = list(lease.pools) + [self.bucket_key(b.key) for b in lease.buckets]
+        keys = [self._queue_key, *lease.pools, *(self.bucket_key(b.key) for b in lease.buckets)]
+        args = self._queue_args(lease.member, len(lease.pools), len(lease.buckets), *deltas)
         try:
-            await self._run(self._release_script, keys,
-                            [lease.member, len(lease.pools), len(lease.buckets), *deltas],
-                            force=True)
+            reply = await self._run("release", keys, args, force=True)
         except BackendUnavailable:
             if lease.pools:  # try once more after recheck_s; the TTL is the last resort
-                self._release_in_background(lease.member, lease.pools)
-
-    def _release_in_background(self, member: str, pools: Sequence[str]) -> None:
-        async def retry() -> None:
-            await asyncio.sleep(self.recheck_s)
-            with contextlib.suppress(BackendUnavailable):
-                await self._run(self._release_script, list(pools),
-                                [member, len(pools), 0], force=True)
-
-        task = asyncio.get_running_loop().create_task(retry())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+                self._cancel_later(lease.member, lease.pools)
+            return
+        self._timer.schedule(_ms(reply[1]), _ms(reply[2]) or 0.0, _text(reply[3]))
 
     async def pause(self, name: str, seconds: float) -> float:
         """Pause ``name`` for every process for ``seconds`` (keeps the later pause).
 
-        Returns the pause left in seconds. Raises :class:`BackendUnavailable` when Redis is
-        unreachable.
+        A pause above ``max_pause`` (``inf`` included) is shortened to it (and logged).
+        Returns the pause left in seconds.
+
+        :raises ValueError: ``seconds`` is not a number >= 0 (``nan``, negative, a string).
+        :raises BackendUnavailable: Redis is unreachable.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-            seconds >= 0 and math.isfinite(seconds)
+            seconds >= 0
         ):
-            raise ValueError(f"pause seconds must be a finite number >= 0, got {seconds!r}")
+            raise ValueError(f"pause seconds must be a number >= 0, got {seconds!r}")
+        if seconds > self.max_pause:  # (inf included)
+            self._counts["capped_pauses"] += 1
+            _log.warning("provider pause of %r shortened from %.3f s to max_pause %.3f s",
+                         name, seconds, self.max_pause)
+            seconds = self.max_pause
         ms = max(1, math.ceil(seconds * 1000))
-        left = await self._run(self._pause, [self.pause_key(name)], [ms])
+        left = await self._run("pause", [self.pause_key(name)], [ms])
         return int(left) / 1000.0
 
-    # -- heartbeat ---------------------------------------------------------------------
-    def _ensure_heartbeat(self) -> None:
-        task = self._heartbeat
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            self._heartbeat = asyncio.get_running_loop().create_task(
-                self._beat(), name="stageflow_plus.redis.heartbeat")
+    def configure_queue(self, *, aging_interval: float | None = 1.0,
+                        weights: dict[str, float] | None = None) -> None:
+        """Set the global queue's order (``[stageflow_plus.priority]`` of the config): the
+        aging interval and tenant weights, the same in every process of the prefix."""
+        check_order(aging_interval, weights)
+        self.aging_ms = "" if aging_interval is None else repr(float(aging_interval) * 1000)
+        self.weights = dict(weights or {})
+        self.share = LocalShare(aging_ms=None if aging_interval is None
+                                else float(aging_interval) * 1000, weights=self.weights)
 
-    async def _beat(self) -> None:
-        while self._held:
-            await asyncio.sleep(self.ttl / 3)
-            held = list(self._held.values())
-            keys = [k for lease in held for k in lease.pools]
-            members = [lease.member for lease in held for _ in lease.pools]
-            if not keys:
-                continue
-            try:
-                lost = await self._run(self._extend, keys, [round(self.ttl * 1000), *members])
-            except BackendUnavailable:
-                continue
-            for index in lost:
-                member = members[int(index) - 1]
-                if self._held.pop(member, None) is not None:  # counted once, not re-extended
-                    self._counts["lost_leases"] += 1
-                    _log.warning("redis_limits.lease_lost", key=_text(keys[int(index) - 1]),
-                                 member=member)
+    def limits(self, *, concurrency: int | None = None,
+               per_tool: int | Mapping[str, int] | None = None,
+               per_tenant: int | Mapping[str, int] | None = None, per_run: int | None = None,
+               rates: Rate | Sequence[Rate] = (),
+               rate_key: str | Callable[[ToolCall], str] = "global", fair_cost: str = "calls",
+               clock: Clock | Callable[[], float] | None = None) -> list[ToolCallInterceptor]:
+        """The chain steps for these limits held in Redis: see
+        :func:`~stageflow_plus.backends.limits.redis_limits`."""
+        from .limits import redis_limits  # (the interceptor adapter imports this module)
 
-    def limits(
-        self,
-        *,
-        concurrency: int | None = None,
-        per_tool: int | Mapping[str, int] | None = None,
-        per_tenant: int | Mapping[str, int] | None = None,
-        per_run: int | None = None,
-        rates: Rate | Sequence[Rate] = (),
-        rate_key: str | Callable[[ToolCall], str] = "global",
-        clock: Clock | Callable[[], float] | None = None,
-    ) -> list[ToolCallInterceptor]:
-        """This process's waiting room, then the global limits in Redis.
-
-        The waiting room: a local :class:`TokenBucketRateLimiter` with the same rates (given
-        rates; at the global rate it never holds a process below its share, it orders and
-        bounds the waiting) and a local :class:`ConcurrencyLimiter` capped like the global
-        limit (``per_run`` stays local: a run lives in one process). Then
-        :class:`~stageflow_plus.backends.limits.RedisLimits` on ``clock`` (the chain's).
-        """
-        from .limits import RedisLimits
-
-        local: list[ToolCallInterceptor] = []
-        if isinstance(rates, Rate) or rates:
-            local.append(TokenBucketRateLimiter(rates, key=rate_key))
-        local.append(ConcurrencyLimiter(concurrency, per_tool=per_tool, per_tenant=per_tenant,
-                                        per_run=per_run))
-        return [
-            *local,
-            RedisLimits(self, concurrency=concurrency, per_tool=per_tool, per_tenant=per_tenant,
-                        rates=rates, rate_key=rate_key, clock=clock),
-        ]
+        return redis_limits(self, concurrency=concurrency, per_tool=per_tool,
+                            per_tenant=per_tenant, per_run=per_run, rates=rates,
+                            rate_key=rate_key, fair_cost=fair_cost, clock=clock)
 
     # -- life --------------------------------------------------------------------------
     async def ping(self) -> bool:
@@ -411,38 +520,38 @@ class RedisBackend:
             return False
 
     async def aclose(self) -> None:
-        """Stop the heartbeat and close the connection pool (held leases then expire)."""
-        if self._heartbeat is not None:
-            task, self._heartbeat = self._heartbeat, None
-            task.cancel()
-            if task.get_loop() is asyncio.get_running_loop():
-                await asyncio.gather(task, return_exceptions=True)
+        """Stop the heartbeat, the mailbox and the timer, close the connections (held
+        leases then expire by TTL)."""
+        await self._heartbeat.stop()
+        self._timer.cancel()
+        await self.mailbox.aclose()
         for pending in list(self._background):
             pending.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._fast is not None:
+            self._fast.close()
         await self.client.aclose()
+        blocking = self.mailbox._client
+        if blocking is not self.client:
+            await blocking.aclose()
 
     def statistics(self) -> RedisStatistics:
         """A frozen snapshot of this process's counters."""
         c = self._counts
         return RedisStatistics(
-            url=_safe_url(self.url), policy=self.policy, held=len(self._held),
-            acquired=c["acquired"], refused=c["refused"], round_trips=c["round_trips"],
-            unavailable=c["unavailable"], failed_open=c["failed_open"],
-            failed_closed=c["failed_closed"], lost_leases=c["lost_leases"],
+            url=self.url, policy=self.policy, held=len(self._held),
+            queued=len(self.mailbox.waiters), acquired=c["acquired"], refused=c["refused"],
+            round_trips=c["round_trips"], unavailable=c["unavailable"],
+            failed_open=c["failed_open"], failed_closed=c["failed_closed"],
+            degraded=c["degraded"], lost_leases=c["lost_leases"], woken=self.mailbox.woken,
+            capped_pauses=c["capped_pauses"], live_processes=self.share.live,
             acquire_latency=self._latency.percentiles(),
         )
 
     def __repr__(self) -> str:
-        return (f"<RedisBackend {_safe_url(self.url)} prefix={self.prefix!r} ttl={self.ttl:g}s "
-                f"{self.policy}, {len(self._held)} held>")
+        return (f"<RedisBackend {self.url} prefix={self.prefix!r} ttl={self.ttl:g}s "
+                f"{self.policy}, {len(self._held)} held, {len(self.mailbox.waiters)} queued>")
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _safe_url(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

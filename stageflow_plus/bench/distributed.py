@@ -5,8 +5,8 @@ Worker *processes* (not tasks) call one strict provider
 a concurrency cap, answering 429 when exceeded) under an **uneven** load — process 0 is busy
 (many closed-loop tasks), the others send a trickle. Three strategies:
 
-* ``shared``      — one global limit in Redis (``RedisLimits``) shared by all processes,
-  with a local ``ConcurrencyLimiter`` as each process's waiting room;
+* ``shared``      — one global limit in Redis (``RedisLimits``, the global queue) shared
+  by all processes;
 * ``per_process`` — each process has the provider's full limit in memory (→ 429s: the
   effective limit is limit × processes);
 * ``split``       — each process has limit / N in memory (no 429s, but capacity of idle
@@ -14,9 +14,11 @@ a concurrency cap, answering 429 when exceeded) under an **uneven** load — pro
 
 Metrics per strategy: calls completed, 429s, and efficiency = completed / what the provider
 could have served in the same window (its burst plus its rate times the window, the
-tightest of RPM / TPM / concurrency). Then every process hammers Redis with acquire+release
-pairs to measure acquire latency (p50/p99 µs of the one acquire round trip) and acquires per
-second per process. Targets: ``shared`` has zero 429s and efficiency ≥ 0.90.
+tightest of RPM / TPM / concurrency). Then the global queue's own runs
+(:mod:`~stageflow_plus.bench.redis_global`): one process's uncontended acquire+release on
+three limits (measured first, alone), release-to-wake-up across two processes, two tenants
+10:1 over the processes (Jain's index), priorities across processes (p99 waits). Results
+carry ``targets``, each ``{"measured", "goal", "processes", "met"}``.
 
 Run ``python -m stageflow_plus.bench.distributed --processes 4 [--backend redis://…]
 [--quick] [--json PATH]``; without ``--backend`` a temporary ``redis-server`` is started.
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import shutil
 import socket
@@ -74,9 +77,8 @@ def _chain(cfg: dict[str, Any], backend: Any) -> Any:
              Rate(p["tpm"] * share, per=60, burst=p["tpm"] / 60 * p["burst_s"] * share
                   * SAFETY_BURST, dimension="tokens")]
     cap = max(1, int(p["max_concurrent"] * share))
-    if cfg["strategy"] == "shared":
-        steps: list[Any] = [ConcurrencyLimiter(cap),
-                            RedisLimits(backend, concurrency=cap, rates=rates)]
+    if cfg["strategy"] == "shared":  # the global queue only: no local cap in front
+        steps: list[Any] = [RedisLimits(backend, concurrency=cap, rates=rates)]
     else:
         steps = [ConcurrencyLimiter(cap), TokenBucketRateLimiter(rates, key="global")]
     return ToolCallChain(steps, listener=_Silent())
@@ -87,11 +89,13 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from ..backends.redis import RedisBackend
     from ..interceptors import ToolCall
+    from ..primitives import Rejected
 
-    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=5.0) if cfg["redis"] else None
+    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=10.0,
+                           op_timeout=1.0) if cfg["redis"] else None
     chain = _chain(cfg, backend)
     rng = random.Random(cfg["index"])
-    counts = {"completed": 0, "http_429": 0, "errors": 0}
+    counts = {"completed": 0, "http_429": 0, "errors": 0, "refused": 0}
     await asyncio.sleep(max(0.0, cfg["start_at"] - time.time()))
     loop = asyncio.get_running_loop()
     end = loop.time() + cfg["duration"]
@@ -120,8 +124,10 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
                                 deadline=end)
                 try:
                     retry_after = await chain.run(call, send)
-                except Exception:  # a refusal at the window's end
-                    break
+                except Rejected as error:  # counted; a polite client waits, then retries
+                    counts["refused"] += 1
+                    await asyncio.sleep(error.retry_after or 0.05)
+                    continue
                 if retry_after > 0:
                     await asyncio.sleep(retry_after)  # a polite client honours Retry-After
                 if cfg["think"]:
@@ -136,48 +142,16 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
     return counts
 
 
-async def _hammer(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Latency of one acquire with one task per process (no client-side queueing), then
-    acquire+release pairs per second with ``tasks`` tasks per process."""
-    from ..backends.limits import RedisLimits
-    from ..backends.redis import RedisBackend
-    from ..interceptors import ToolCall
-
-    backend = RedisBackend(cfg["redis"], prefix=cfg["prefix"], ttl=5.0)
-    limits = RedisLimits(backend, concurrency=1_000_000)
-    await asyncio.sleep(max(0.0, cfg["start_at"] - time.time()))
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    pairs = 0
-
-    async def one_task(end: float, record: bool) -> None:
-        nonlocal pairs
-        while loop.time() < end:
-            started = time.perf_counter()
-            lease = await limits.acquire(ToolCall("x"))
-            if record:
-                latencies.append(time.perf_counter() - started)
-            await lease.release()
-            pairs += 1
-
-    await one_task(loop.time() + cfg["duration"], True)
-    pairs = 0
-    end = loop.time() + cfg["duration"]
-    await asyncio.gather(*(one_task(end, False) for _ in range(cfg["tasks"])))
-    await backend.aclose()
-    latencies.sort()
-    n = len(latencies)
-    return {"acquires_per_s": pairs / cfg["duration"],
-            "acquire_p50_us": latencies[n // 2] * 1e6 if n else None,
-            "acquire_p99_us": latencies[min(n - 1, int(n * 0.99))] * 1e6 if n else None}
-
-
 def _worker(cfg: dict[str, Any]) -> int:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    job = _hammer if cfg["mode"] == "hammer" else _load
-    print(json.dumps(asyncio.run(job(cfg))), flush=True)
+    from . import redis_global
+
+    jobs = {"load": _load, "fair": redis_global.fair_worker,
+            "priority": redis_global.priority_worker, "latency": redis_global.latency_worker,
+            "wake": redis_global.wake_worker}
+    print(json.dumps(asyncio.run(jobs[cfg["mode"]](cfg))), flush=True)
     return 0
 
 
@@ -284,10 +258,11 @@ def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
     duration = 3.0 if quick else 8.0
     with _redis_server() if backend_url is None else _given(backend_url) as redis_url, \
             _provider() as provider:
+        latency = _run_mode(redis_url, "latency", [{"duration": 1.0 if quick else 3.0}])[0]
         strategies: dict[str, Any] = {}
         for strategy in STRATEGIES:
             _http("POST", provider + "/reset")
-            start_at = time.time() + 1.5  # workers start together once imported
+            start_at = time.time() + 1.5 + 0.3 * processes  # together, once imported
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             configs = [{"mode": "load", "strategy": strategy, "index": i, "redis": redis_url,
                         "prefix": prefix, "provider": provider, "start_at": start_at,
@@ -305,34 +280,111 @@ def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
                 "per_process_completed": [w["completed"] for w in workers],
                 "max_concurrent_observed": stats["max_concurrent_observed"],
                 "acquire_tries_per_grant": [w.get("acquire_tries_per_grant") for w in workers],
+                "refused": sum(w.get("refused", 0) for w in workers),
             }
-        def hammer(n: int) -> list[dict[str, Any]]:
-            start_at = time.time() + 1.5
-            return _run_workers([{"mode": "hammer", "redis": redis_url, "index": i,
-                                  "prefix": f"hammer{uuid.uuid4().hex[:8]}",
-                                  "start_at": start_at, "duration": 1.0 if quick else 3.0,
-                                  "tasks": 8} for i in range(n)])
+        extra = _global_queue_runs(redis_url, processes, quick, latency)
+    return _report(processes, duration, strategies, extra)
 
-        alone = hammer(1)[0]
-        together = hammer(processes)
+
+def _uneven(total: int, slots: int) -> list[int]:
+    """``total`` tasks over ``slots`` processes, unevenly (weights slots, slots-1, ..., 1)."""
+    weights = list(range(slots, 0, -1))
+    shares = [total * w // sum(weights) for w in weights]
+    shares[0] += total - sum(shares)
+    return shares
+
+
+def _run_mode(redis_url: str, mode: str, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    start_at = time.time() + 1.5 + 0.3 * len(configs)
+    prefix = f"{mode}{uuid.uuid4().hex[:8]}"
+    return _run_workers([{"mode": mode, "redis": redis_url, "prefix": prefix,
+                          "start_at": start_at, "index": i, **cfg}
+                         for i, cfg in enumerate(configs)])
+
+
+def _global_queue_runs(redis_url: str, processes: int, quick: bool,
+                       latency: dict[str, Any]) -> dict[str, Any]:
+    from .redis_global import summarise_fairness, summarise_priority
+
+    window = 3.0 if quick else 8.0
+
+    def run(mode: str, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _run_mode(redis_url, mode, configs)
+
+    rounds = 60 if quick else 300
+    wake = run("wake", [{"role": r, "rounds": rounds, "duration": 0.0} for r in (0, 1)])
+    wakes = [x for w in wake for x in w["wake_us"]]
+    # two tenants offering 10:1, spread unevenly: "heavy" over all but the last process(es)
+    light_slots = 1 if processes < 3 else 2
+    heavy = _uneven(60, max(1, processes - light_slots))
+    fair_cfgs = []
+    for i in range(processes):
+        tasks = {"heavy": heavy[i] if i < len(heavy) else 0,
+                 "light": 6 // light_slots if i >= processes - light_slots else 0}
+        fair_cfgs.append({"tasks": tasks, "duration": window})
+    fairness = summarise_fairness(run("fair", fair_cfgs))
+    low_slots = max(1, processes // 2)
+    prio_cfgs = [{"tasks": {"0": 40} if i < low_slots else {"3": 2}, "think": {"3": 0.05},
+                  "aging": 10.0, "duration": window} for i in range(processes)]
+    if processes == 1:
+        prio_cfgs = [{"tasks": {"0": 40, "3": 2}, "think": {"3": 0.05}, "aging": 10.0,
+                      "duration": window}]
+    priority = summarise_priority(run("priority", prio_cfgs))
+    return {
+        "acquire": {
+            "processes": 1,
+            "pair_p50_us": round(_pct(latency["pair_us"], 0.5), 1),
+            "pair_p99_us": round(_pct(latency["pair_us"], 0.99), 1),
+            "acquire_p50_us": round(_pct(latency["acquire_us"], 0.5), 1),
+            "acquire_p99_us": round(_pct(latency["acquire_us"], 0.99), 1),
+            "samples": len(latency["pair_us"]),
+        },
+        "wake_up": {"processes": 2, "samples": len(wakes),
+                    "p50_us": round(_pct(wakes, 0.5), 1), "p99_us": round(_pct(wakes, 0.99), 1),
+                    "woken_by_push": sum(w["woken"] for w in wake)},
+        "fairness": {"processes": processes, "tasks": [c["tasks"] for c in fair_cfgs],
+                     "window_s": window, **fairness},
+        "priority": {"processes": processes, "window_s": window, **priority},
+    }
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    from .redis_global import percentile
+
+    return percentile(values, q)
+
+
+def _report(processes: int, duration: float, strategies: dict[str, Any],
+            extra: dict[str, Any]) -> dict[str, Any]:
+    shared = strategies["shared"]
+    acquire, wake = extra["acquire"], extra["wake_up"]
+    targets = {
+        "global_efficiency": {
+            "measured": {"http_429": shared["http_429"], "efficiency": shared["efficiency"]},
+            "goal": "0 x 429 and efficiency >= 0.97", "processes": processes,
+            "met": shared["http_429"] == 0 and shared["efficiency"] >= 0.97},
+        "global_fairness": {"measured": extra["fairness"]["jain"], "goal": "Jain >= 0.98",
+                            "processes": processes, "met": extra["fairness"]["jain"] >= 0.98},
+        "global_priority": {"measured": extra["priority"]["high_over_low_p99"],
+                            "goal": "highest p99 wait <= 5 % of the lowest's",
+                            "processes": processes,
+                            "met": extra["priority"]["high_over_low_p99"] <= 0.05},
+        "redis_acquire_p50": {
+            "measured": {"p50_us": acquire["pair_p50_us"], "p99_us": acquire["pair_p99_us"]},
+            "goal": "acquire+release p50 <= 150 us, p99 <= 1000 us", "processes": 1,
+            "met": acquire["pair_p50_us"] <= 150 and acquire["pair_p99_us"] <= 1000},
+        "release_to_wake_p99": {"measured": wake["p99_us"], "goal": "p99 <= 1000 us (aim)",
+                                "processes": 2, "met": wake["p99_us"] <= 1000},
+    }
     return {
         "processes": processes,
+        "cores": os.cpu_count(),
         "duration_s": duration,
         "provider": dict(PROVIDER),
         "provider_capacity": round(_provider_capacity(duration), 1),
         "strategies": strategies,
-        "redis": {
-            "alone_acquire_p50_us": round(alone["acquire_p50_us"] or 0),
-            "alone_acquire_p99_us": round(alone["acquire_p99_us"] or 0),
-            "alone_acquires_per_s": round(alone["acquires_per_s"]),
-            "acquires_per_s_per_process": [round(h["acquires_per_s"]) for h in together],
-            "acquire_p50_us": [round(h["acquire_p50_us"] or 0) for h in together],
-            "acquire_p99_us": [round(h["acquire_p99_us"] or 0) for h in together],
-        },
-        "targets": {
-            "shared_zero_429": strategies["shared"]["http_429"] == 0,
-            "shared_efficiency_ge_0.90": strategies["shared"]["efficiency"] >= 0.90,
-        },
+        **extra,
+        "targets": targets,
     }
 
 
@@ -349,15 +401,21 @@ def format_distributed_table(result: dict[str, Any]) -> str:
     for name, row in result["strategies"].items():
         lines.append(f"{name:<12} {row['completed']:>9} {row['http_429']:>6} "
                      f"{row['efficiency']:>10.3f}  {row['per_process_completed']}")
-    r = result["redis"]
-    lines.append(f"redis acquire, one process alone: p50 {r['alone_acquire_p50_us']} µs, "
-                 f"p99 {r['alone_acquire_p99_us']} µs, {r['alone_acquires_per_s']} "
-                 "acquire+release pairs/s (8 tasks)")
-    lines.append(f"all {result['processes']} at once: p50 µs {r['acquire_p50_us']}, "
-                 f"p99 µs {r['acquire_p99_us']}, pairs/s {r['acquires_per_s_per_process']}")
-    lines.append("shared: acquire tries per grant (polls while blocked) "
-                 f"{result['strategies']['shared']['acquire_tries_per_grant']}")
-    lines.append("targets: " + ", ".join(f"{k}={'ok' if v else 'MISSED'}"
+    a, w = result["acquire"], result["wake_up"]
+    lines.append(f"acquire+release, one process, uncontended, 3 limits: p50 "
+                 f"{a['pair_p50_us']:g} us, p99 {a['pair_p99_us']:g} us (acquire alone p50 "
+                 f"{a['acquire_p50_us']:g} us)")
+    lines.append(f"release -> wake-up in another process: p50 {w['p50_us']:g} us, p99 "
+                 f"{w['p99_us']:g} us ({w['samples']} samples, 2 processes)")
+    f = result["fairness"]
+    lines.append(f"fairness, tenants 10:1 over {f['processes']} processes: completed "
+                 f"{f['completed']}, Jain {f['jain']:.4f}")
+    pr = result["priority"]
+    lines.append(f"priority over {pr['processes']} processes: " + ", ".join(
+        f"p{p}: p50 {v['p50_ms']:g} ms p99 {v['p99_ms']:g} ms ({v['calls']} calls)"
+        for p, v in sorted(pr["by_priority"].items())) +
+        f"; high/low p99 = {pr['high_over_low_p99']:.3f}")
+    lines.append("targets: " + ", ".join(f"{k}={'met' if v['met'] else 'MISSED'}"
                                          for k, v in result["targets"].items()))
     return "\n".join(lines)
 

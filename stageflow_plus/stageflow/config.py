@@ -22,18 +22,19 @@ environment variables) with these sections, every key optional::
                                        #   interceptor priorities, not call priorities)
     [stageflow_plus.plugin_options.acme_audit]   # keyword options of a plugin
     [stageflow_plus.backend]           # url = "memory://" (default) or "redis://host:6379/0";
-                                       #   prefix, ttl, on_unavailable, op_timeout, recheck_s
+                                       #   prefix, ttl, on_unavailable, op_timeout, recheck_s,
+                                       #   max_pause, cluster
 
 Every value is checked by :mod:`~stageflow_plus.stageflow.config_schema` (types, ranges,
 ``nan``/``inf``, bools), every rate must say its period, and a rate's dimension that no cost
 can charge is refused at build (with declared costs) or warned about once at run time.
 
 With a Redis backend the ``concurrency`` (``limit``, ``per_tool``, ``per_tenant``) and
-``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix:
-a local :class:`TokenBucketRateLimiter` and :class:`ConcurrencyLimiter` with the same limits
-stay as each process's waiting room (priority, fairness, queue bounds, deadlines, per-run
-caps), followed by :class:`~stageflow_plus.backends.limits.RedisLimits` holding the global
-permits and buckets.
+``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix,
+in one global wait queue ordered like ``[priority]`` says (``aging_interval``, ``weights``,
+``fair_cost``): :class:`~stageflow_plus.backends.limits.RedisLimits` after an in-process
+:class:`ConcurrencyLimiter` that keeps only ``per_run`` (queue bounds and backpressure stay
+per process too).
 ``per_key_rates`` has no Redis form yet and is refused with a Redis backend.
 
 Environment variables (see :mod:`~stageflow_plus.stageflow.env`, the one list of them)
@@ -119,7 +120,10 @@ SECTIONS: dict[str, frozenset[str]] = {
     ),
     "interceptor_order": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
-    "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
+    "backend": frozenset(
+        {"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s", "max_pause",
+         "cluster"}
+    ),
     "llm": LLM_KEYS,  # schema and steps: stageflow_plus.stageflow.llm_config
 }
 """Every section and its keys (an empty set: free keys, or not a table)."""
@@ -440,16 +444,21 @@ def _backend(section: Mapping[str, Any]) -> LimitsBackend:
 def _global_limits(
     cfg: Mapping[str, Any], backend: LimitsBackend, clock: Clock | Callable[[], float] | None
 ) -> list[Any]:
-    """The local waiting room, then the limits held in the backend (Redis)."""
+    """Per-run caps in this process, then the limits held in the backend's global queue."""
     from ..backends.redis import RedisBackend
 
     assert isinstance(backend, RedisBackend)
+    priority = cfg.get("priority", {})
+    queue_order = {k: priority[k] for k in ("aging_interval", "weights") if k in priority}
+    _make("priority", backend.configure_queue, queue_order)
     concurrency = dict(cfg.get("concurrency", {}))
     if "rate" not in cfg and not concurrency:
         return []
     options: dict[str, Any] = {
         "concurrency": concurrency.pop("limit", None), **concurrency, "clock": clock
     }
+    if "fair_cost" in priority:
+        options["fair_cost"] = priority["fair_cost"]
     if "rate" in cfg:
         rate = _rate_options(cfg)
         if "per_key_rates" in rate:

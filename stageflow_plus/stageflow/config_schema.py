@@ -276,7 +276,8 @@ SCHEMAS: dict[str, dict[str, Check]] = {
     "interceptor_order": {"call_scope": integer(), "stage_limit": integer()},
     # types only: the backend checks its ranges (and H-redis owns its options)
     "backend": {"url": url, "prefix": url, "ttl": real, "op_timeout": real, "recheck_s": real,
-                "on_unavailable": choice("fail_open", "fail_closed")},
+                "on_unavailable": choice("fail_open", "fail_closed", "degrade"),
+                "max_pause": real, "cluster": boolean},
 }
 """Each section's value checks, by key (sections not listed are checked by their builder)."""
 

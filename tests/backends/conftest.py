@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .redis_helpers import RedisServer
+from .redis_helpers import RedisClusterNodes, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +41,14 @@ def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def prefix() -> str:
     """A key prefix unique to the test, so tests never see each other's keys."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real 3-node Redis Cluster, started once per session (a few seconds)."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

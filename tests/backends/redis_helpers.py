@@ -36,6 +36,7 @@ class RedisServer:
         self.directory = directory
         self.port = port if port is not None else free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []  # more redis-server arguments
 
     @property
     def url(self) -> str:
@@ -46,7 +47,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-             "--protected-mode", "no", "--loglevel", "warning"],
+             "--protected-mode", "no", "--loglevel", "warning", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 10
@@ -73,3 +74,72 @@ class RedisServer:
         if self.process is not None and self.process.stderr is not None:
             self.process.stderr.close()
         self.process = None
+
+
+def _bus_port() -> int:
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 < 65536:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    pytest.fail("no free port pair (port, port + 10000) for a cluster node", pytrace=False)
+
+
+class RedisClusterNodes:
+    """A real 3-node Redis Cluster (no replicas) on free loopback ports, no persistence.
+
+    Started with ``redis-server --cluster-enabled yes`` and ``redis-cli --cluster create``;
+    :meth:`start` waits (at most 20 s) until every node reports ``cluster_state:ok``.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        # a cluster node also listens on port + 10000 (the cluster bus): both must be free
+        self.nodes = [RedisServer(directory / f"n{i}", port=_bus_port()) for i in range(3)]
+        self.cli = shutil.which("redis-cli")
+        if self.cli is None:
+            pytest.fail("redis-cli is not installed (it comes with redis-server)", pytrace=False)
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    def start(self) -> float:
+        """Start the nodes, create the cluster; returns the seconds it took."""
+        started = time.monotonic()
+        try:
+            return self._start(started)
+        except BaseException:
+            self.stop()  # never leave a node behind
+            raise
+
+    def _start(self, started: float) -> float:
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            node.extra = ["--cluster-enabled", "yes", "--cluster-config-file",
+                          str(node.directory / "nodes.conf"), "--cluster-node-timeout", "2000"]
+            node.start()
+        assert self.cli is not None
+        subprocess.run(
+            [self.cli, "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=20)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            states = [subprocess.run([self.cli, "-p", str(n.port), "cluster", "info"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                      for n in self.nodes]
+            if all("cluster_state:ok" in s for s in states):
+                return time.monotonic() - started
+            time.sleep(0.05)
+        pytest.fail("the 3-node cluster did not reach cluster_state:ok within 20 s",
+                    pytrace=False)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -63,7 +63,8 @@ async def test_two_processes_worth_of_chains_share_one_limit(
 ) -> None:
     """Two independently built pipelines (as two workers would) never exceed the limit together.
 
-    Each has a local cap of 3, so without Redis 6 would run at once.
+    The global limits live only in Redis (one queue for both); in process stays the
+    uncapped per-run ConcurrencyLimiter.
     """
     config = {
         "backend": {"url": redis_server.url, "prefix": prefix, "ttl": 5},
@@ -73,8 +74,7 @@ async def test_two_processes_worth_of_chains_share_one_limit(
     workers = [build(config, env={}), build(config, env={})]
     for built in workers:
         assert isinstance(built.backend, RedisBackend)
-        assert [type(s) for s in built.chain.interceptors] == [
-            TokenBucketRateLimiter, ConcurrencyLimiter, RedisLimits]
+        assert [type(s) for s in built.chain.interceptors] == [ConcurrencyLimiter, RedisLimits]
     probe = ConcurrencyProbe()
 
     async def work() -> str:
@@ -105,10 +105,10 @@ def test_backend_url_from_the_environment(redis_server: RedisServer) -> None:
 
 
 def test_the_config_and_backend_limits_build_the_same_chain(redis_server: RedisServer) -> None:
-    """build() delegates to RedisBackend.limits(): the same waiting room either way."""
+    """build() delegates to RedisBackend.limits(): the same steps either way."""
     built = build({"backend": {"url": redis_server.url},
                    "rate": {"rates": {"limit": 10, "per": 1}}}, env={})
     assert isinstance(built.backend, RedisBackend)
     by_hand = built.backend.limits(rates=Rate(10, per=1))
     assert [type(s) for s in built.chain.interceptors] == [type(s) for s in by_hand] == [
-        TokenBucketRateLimiter, ConcurrencyLimiter, RedisLimits]
+        ConcurrencyLimiter, RedisLimits]

@@ -17,7 +17,7 @@ from redis.exceptions import (
 
 from stageflow_plus.backends import BackendUnavailable, MemoryBackend, backend_from_url
 from stageflow_plus.backends.limits import RedisLimits
-from stageflow_plus.backends.redis import GlobalBucket, RedisBackend
+from stageflow_plus.backends.redis import GlobalBucket, GlobalPool, RedisBackend
 from stageflow_plus.interceptors import ConcurrencyLimiter, ToolCall, ToolCallChain
 from stageflow_plus.primitives import (
     ConfigError,
@@ -86,7 +86,7 @@ async def test_refund_and_charge_in_the_release(backend: RedisBackend) -> None:
 
 
 async def test_concurrency_leases_release_and_one_round_trip(backend: RedisBackend) -> None:
-    pools = [("global:*", 2)]
+    pools = [GlobalPool("global:*", 2)]
     before = backend.statistics().round_trips
     held = [(await backend.try_acquire(pools, []))[1] for _ in range(2)]
     assert backend.statistics().round_trips - before == 2  # one round trip per acquire
@@ -105,29 +105,29 @@ async def test_concurrency_leases_release_and_one_round_trip(backend: RedisBacke
 async def test_expired_leases_are_purged_by_the_script(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    crashed = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
-    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
+    crashed = RedisBackend(redis_server.url, prefix=prefix, ttl=1.5)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=1.5)
     try:
-        _, lease = await crashed.try_acquire([("global:*", 1)], [])
+        _, lease = await crashed.try_acquire([GlobalPool("global:*", 1)], [])
         assert lease is not None
         await crashed.aclose()  # no heartbeat from now on: like a crash
-        assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
-        await asyncio.sleep(0.7)
-        assert (await other.try_acquire([("global:*", 1)], []))[0].granted
+        assert not (await other.try_acquire([GlobalPool("global:*", 1)], []))[0].granted
+        await asyncio.sleep(1.6)
+        assert (await other.try_acquire([GlobalPool("global:*", 1)], []))[0].granted
     finally:
         await other.aclose()
 
 
 async def test_heartbeat_keeps_long_calls_leased(redis_server: RedisServer, prefix: str) -> None:
-    holder = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
-    other = RedisBackend(redis_server.url, prefix=prefix, ttl=0.6)
+    holder = RedisBackend(redis_server.url, prefix=prefix, ttl=1.5)
+    other = RedisBackend(redis_server.url, prefix=prefix, ttl=1.5)
     try:
-        _, lease = await holder.try_acquire([("global:*", 1)], [])
+        _, lease = await holder.try_acquire([GlobalPool("global:*", 1)], [])
         assert lease is not None
-        await asyncio.sleep(1.5)  # well past the TTL: the heartbeat extended it
-        assert not (await other.try_acquire([("global:*", 1)], []))[0].granted
+        await asyncio.sleep(3.5)  # well past the TTL: the heartbeat extended it
+        assert not (await other.try_acquire([GlobalPool("global:*", 1)], []))[0].granted
         await lease.release()
-        assert (await other.try_acquire([("global:*", 1)], []))[0].granted
+        assert (await other.try_acquire([GlobalPool("global:*", 1)], []))[0].granted
         assert holder.statistics().lost_leases == 0
     finally:
         await holder.aclose()
@@ -227,7 +227,8 @@ async def test_cancelled_waiters_take_nothing(backend: RedisBackend) -> None:
 async def test_per_tool_caps_are_separate_pools(backend: RedisBackend) -> None:
     limits = RedisLimits(backend, per_tool={"search": 1}, per_tenant=5)
     pools, buckets, pauses = limits.spec(ToolCall("search", tenant="acme"))
-    assert pools == [("tool:search", 1), ("tenant:acme", 5)] and not buckets and not pauses
+    assert pools == [GlobalPool("tool:search", 1), GlobalPool("tenant:acme", 5)]
+    assert not buckets and not pauses
     held = await limits.acquire(ToolCall("search"))
     with pytest.raises(WaitTimeout):
         await limits.acquire(ToolCall("search", deadline=asyncio.get_running_loop().time() + 0.05))
@@ -280,12 +281,15 @@ def _raiser(error: BaseException) -> Callable[..., Awaitable[Any]]:
 )
 async def test_every_redis_error_is_translated_at_one_boundary(error: BaseException) -> None:
     backend = RedisBackend("redis://127.0.0.1:1/0")
+    backend._scripts["tick"] = _raiser(error)
     try:
         with pytest.raises(BackendUnavailable) as info:
-            await backend._run(_raiser(error), [], [])
-        assert info.value.__cause__ is error
+            await backend._run("tick", [], [])
+        # the cause is described (redacted), not chained: its text could quote the URL
+        assert type(error).__name__ in str(info.value) and info.value.sent
+        assert info.value.__cause__ is None
         with pytest.raises(BackendUnavailable, match="retrying in"):
-            await backend._run(_raiser(error), [], [])  # inside recheck_s: no new attempt
+            await backend._run("tick", [], [])  # inside recheck_s: no new attempt
     finally:
         await backend.aclose()
 
@@ -310,6 +314,11 @@ def test_backend_from_url_validates() -> None:
         backend_from_url("redis://h/0", ttl_s=3)
     with pytest.raises(ConfigError, match="on_unavailable"):
         backend_from_url("redis://h/0", on_unavailable="maybe")
+    for name, value in [("max_pause", float("inf")), ("max_pause", -1.0),
+                        ("max_pause", float("nan")), ("aging_interval", 0),
+                        ("weights", {"a": 0})]:
+        with pytest.raises(ConfigError, match=name):
+            backend_from_url("redis://h/0", **{name: value})
     with pytest.raises(ConfigError, match="ttl"):
         backend_from_url("redis://h/0", ttl=0)
     with pytest.raises(ConfigError, match="takes no options"):
@@ -331,27 +340,39 @@ def test_lua_scripts_ship_inside_the_package() -> None:
 
     lua = resources.files("stageflow_plus.backends").joinpath("lua")
     names = {entry.name for entry in lua.iterdir()}
-    assert {"acquire.lua", "release.lua", "extend.lua", "pause.lua"} <= names
+    assert {"prelude.lua", "acquire.lua", "release.lua", "cancel.lua", "tick.lua",
+            "extend.lua", "pause.lua"} <= names
 
 
 def test_distributed_bench_table_and_validation() -> None:
-    from stageflow_plus.bench.distributed import format_distributed_table, run_distributed_bench
+    from stageflow_plus.bench.distributed import (
+        _report,
+        format_distributed_table,
+        run_distributed_bench,
+    )
 
     with pytest.raises(ConfigError):
         run_distributed_bench(processes=2, backend_url="mysql://x", quick=True)
     with pytest.raises(ValueError):
         run_distributed_bench(processes=0, backend_url=None, quick=True)
-    row = {"completed": 10, "http_429": 0, "efficiency": 0.95, "per_process_completed": [9, 1],
+    row = {"completed": 10, "http_429": 0, "efficiency": 0.98, "per_process_completed": [9, 1],
            "acquire_tries_per_grant": [1.0, 2.0]}
-    table = format_distributed_table({
-        "processes": 2, "duration_s": 3.0, "provider_capacity": 10.5,
-        "strategies": {"shared": row, "per_process": row, "split": row},
-        "redis": {"alone_acquire_p50_us": 200, "alone_acquire_p99_us": 300,
-                  "alone_acquires_per_s": 4000, "acquire_p50_us": [1, 2],
-                  "acquire_p99_us": [3, 4], "acquires_per_s_per_process": [5, 6]},
-        "targets": {"shared_zero_429": True},
-    })
-    assert "shared" in table and "shared_zero_429=ok" in table
+    extra = {
+        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0},
+        "wake_up": {"p50_us": 300.0, "p99_us": 800.0, "samples": 10},
+        "fairness": {"processes": 2, "completed": {"heavy": 5, "light": 5}, "jain": 1.0},
+        "priority": {"processes": 2, "high_over_low_p99": 0.2, "by_priority": {
+            "0": {"p50_ms": 10.0, "p99_ms": 20.0, "calls": 5},
+            "3": {"p50_ms": 1.0, "p99_ms": 4.0, "calls": 5}}},
+    }
+    result = _report(2, 3.0, {"shared": row, "per_process": row, "split": row}, extra)
+    targets = result["targets"]
+    assert targets["global_efficiency"]["met"] and targets["global_fairness"]["met"]
+    assert not targets["global_priority"]["met"] and not targets["redis_acquire_p50"]["met"]
+    assert targets["release_to_wake_p99"]["met"]
+    table = format_distributed_table(result)
+    assert "global_fairness=met" in table and "global_priority=MISSED" in table
+    assert "Jain 1.0000" in table
 
 
 # -- found in review: reconciliation, precision, releases after a failure ----------------
@@ -379,6 +400,7 @@ async def test_actual_cost_is_reconciled_and_a_failing_estimator_leaks_nothing(
 
     with pytest.raises(KeyError):
         await chain.run(ToolCall("llm", cost={"tokens": 1}, deadline=chain.now() + 5), broken)
+    await limits.aclose()  # the release runs in the background: wait for it
     assert await backend.client.zcard(backend.pool_key("global:*")) == 0
     assert backend.statistics().held == 0
 
@@ -401,10 +423,13 @@ async def test_gcra_keeps_sub_millisecond_steps(backend: RedisBackend) -> None:
 
 
 async def test_releases_are_tried_even_right_after_a_failure(backend: RedisBackend) -> None:
-    _, lease = await backend.try_acquire([("global:*", 1)], [])
+    _, lease = await backend.try_acquire([GlobalPool("global:*", 1)], [])
     assert lease is not None
+    real = backend._scripts["tick"]
+    backend._scripts["tick"] = _raiser(ConnectionError("blip"))
     with pytest.raises(BackendUnavailable):
-        await backend._run(_raiser(ConnectionError("blip")), [], [])  # one failed command
+        await backend._run("tick", [], [])  # one failed command
+    backend._scripts["tick"] = real
     await lease.release()  # within recheck_s: still sent
     assert await backend.client.zcard(backend.pool_key("global:*")) == 0
 
@@ -415,10 +440,10 @@ def test_op_timeout_must_stay_below_the_heartbeat_period() -> None:
     assert RedisBackend("redis://127.0.0.1:1/0", ttl=0.3).op_timeout == pytest.approx(0.075)
 
 
-async def test_a_newcomer_queues_behind_the_process_poller_instead_of_overtaking(
+async def test_same_priority_waiters_are_served_in_arrival_order(
     backend: RedisBackend,
 ) -> None:
-    limits = RedisLimits(backend, concurrency=1, poll_interval=0.005)
+    limits = RedisLimits(backend, concurrency=1)
     held = await limits.acquire(ToolCall("t"))
     order: list[str] = []
 
@@ -428,41 +453,38 @@ async def test_a_newcomer_queues_behind_the_process_poller_instead_of_overtaking
         await lease.release()
 
     first = asyncio.create_task(take("first"))
-    await asyncio.sleep(0.02)  # "first" is polling now
-    await held.release()
-    second = asyncio.create_task(take("second"))  # arrives as the permit frees
+    await asyncio.sleep(0.02)  # "first" waits in the global queue now
+    await held.release()  # its dispatch pass grants "first" and pushes the grant
+    second = asyncio.create_task(take("second"))  # arrives as the permit frees: no barging
     await asyncio.gather(first, second)
     assert order == ["first", "second"]
-    assert limits._locks == {}  # the per-key lock is dropped with its last user
+    assert backend.statistics().woken >= 1
 
 
 async def test_a_grant_racing_a_cancellation_is_given_back(backend: RedisBackend) -> None:
-    """The waiter is cancelled while its acquire round trip is in flight and that round trip
-    grants: the orphaned lease is released at once, not left to the TTL."""
-    limits = RedisLimits(backend, concurrency=1)
-    real = backend.try_acquire
-    in_flight, go_on, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    """The acquire script ran and granted, but the caller was cancelled before it read the
+    answer: the cancel script gives the permit back, it is not left to the TTL."""
+    pools = [GlobalPool("global:*", 1)]
+    real = backend._send_acquire
+    answered, go_on = asyncio.Event(), asyncio.Event()
 
-    async def slow_try(*args: Any, **kwargs: Any) -> Any:
-        in_flight.set()
-        await go_on.wait()  # the script has not run yet; the caller is cancelled meanwhile
-        try:
-            return await real(*args, **kwargs)
-        finally:
-            answered.set()
+    async def slow_send(*args: Any, **kwargs: Any) -> Any:
+        sent = asyncio.ensure_future(real(*args, **kwargs))
+        sent.add_done_callback(lambda _: answered.set())
+        await go_on.wait()  # the answer is in, the caller does not read it yet
+        return await sent
 
-    backend.try_acquire = slow_try  # type: ignore[method-assign]
-    waiter = asyncio.create_task(limits.acquire(ToolCall("t")))
-    await in_flight.wait()
+    backend._send_acquire = slow_send  # type: ignore[method-assign]
+    waiter = asyncio.create_task(backend.acquire(pools, []))
+    await answered.wait()  # granted in Redis
+    zset = backend.pool_key("global:*")
+    assert await backend.client.zcard(zset) == 1
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    go_on.set()  # now the round trip completes and grants
-    await answered.wait()
-    backend.try_acquire = real  # type: ignore[method-assign]
-    zset = backend.pool_key("global:*")
-    for _ in range(100):  # the background release lands within a few round trips
-        if await backend.client.zcard(zset) == 0 and backend.statistics().held == 0:
+    backend._send_acquire = real  # type: ignore[method-assign]
+    for _ in range(200):  # the background cancel lands within a few round trips
+        if await backend.client.zcard(zset) == 0:
             break
         await asyncio.sleep(0.01)
     assert await backend.client.zcard(zset) == 0

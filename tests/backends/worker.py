@@ -21,7 +21,7 @@ from stageflow_plus.primitives import Rate
 
 async def contend(url: str, prefix: str, calls: int, tasks: int, limit: int, rate: float,
                   burst: float, hold: float) -> dict[str, int]:
-    backend = RedisBackend(url, prefix=prefix, ttl=1.0)
+    backend = RedisBackend(url, prefix=prefix, ttl=3.0)
     limits = RedisLimits(backend, concurrency=limit, rates=[Rate(rate, per=1, burst=burst)])
     queue = list(range(calls))
     done = 0

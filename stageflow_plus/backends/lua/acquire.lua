@@ -1,66 +1,42 @@
--- stageflow-plus: acquire global permits for one call, all or nothing, in one round trip.
+-- stageflow-plus: acquire a call's global permits, all or nothing, in one round trip.
 --
--- KEYS: nc concurrency ZSETs (member = lease id, score = expiry ms), then nb GCRA keys
---       (value = theoretical arrival time, ms), then np pause keys (alive while paused).
--- ARGV: lease id, ttl ms, nc, nb, np, nc limits, then per bucket: interval ms per unit,
---       tolerance ms (burst * interval), amount.
--- Time comes from the server (TIME), never from a client. Arrival times are stored with
--- '%.6f' (tostring keeps 14 digits: ~0.1 ms at today's epoch, which would lose small steps).
--- Returns {1, 0, '', '', now_us} when granted, {0, wait_us, reason, key, now_us} when not:
--- reason is 'paused' / 'rate' (wait exact) or 'concurrency' (wait = upper bound: the
--- earliest lease expiry; a release may come sooner).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local member = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local nc, nb, np = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local wait, reason, rkey = 0, '', ''
-
-local function block(w, why, k)
-  if w > wait or reason == '' then wait, reason, rkey = w, why, k end
-end
-
-for i = 1, np do
-  local k = KEYS[nc + nb + i]
-  local left = redis.call('PTTL', k)
-  if left > 0 then block(left, 'paused', k) end
-end
-
-for i = 1, nc do
-  local k = KEYS[i]
-  local limit = tonumber(ARGV[5 + i])
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)  -- leases of crashed holders
-  if redis.call('ZCARD', k) >= limit then
-    local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
-    block(math.max(0, tonumber(first[2]) - now), 'concurrency', k)
-  end
-end
-
-local tats = {}
+-- KEYS[1]: the queue hash (routes the script to the prefix's slot).
+-- ARGV: prefix, aging ms, id, mode ('try' | 'wait'), ttl ms, tenant, weighted cost,
+--       deadline ms left ('' = none), process, priority, nc, nb, np, then nc x (pool key,
+--       cap), nb x (bucket key, interval ms, tolerance ms, amount), np x pause key.
+--       (Flat, not JSON: the fast path decodes nothing; a queued waiter is stored as JSON.)
+-- Granted at once when nobody waits and every permit is free (the fast path). Otherwise
+-- 'try' refuses, and 'wait' queues the call (refusing it when its own known wait exceeds
+-- its deadline) and runs the dispatch pass, which may grant it at once.
+-- Returns {status, wait ms, reason, key, now ms, wake-at ms, its process}: status 1 granted,
+-- 0 refused
+-- ('try'), 2 queued (woken through its process's list), 3 refused by its deadline.
+local now = now_ms()
+local id, mode, ttl = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local left = tonumber(ARGV[8])
+local nc, nb, np = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local s = {o = ARGV[9], p = tonumber(ARGV[10]), l = ttl, c = {}, b = {}, z = {}}
+local a = 14
+for i = 1, nc do s.c[i] = {ARGV[a], tonumber(ARGV[a + 1])}; a = a + 2 end
 for i = 1, nb do
-  local k = KEYS[nc + i]
-  local a = 6 + nc + (i - 1) * 3
-  local interval, tolerance, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local tat = tonumber(redis.call('GET', k) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + n * interval
-  local allow_at = new_tat - tolerance
-  if allow_at > now then block(allow_at - now, 'rate', k) end
-  tats[i] = new_tat
+  s.b[i] = {ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])}
+  a = a + 4
 end
-
-if reason ~= '' then
-  return {0, math.ceil(wait * 1000), reason, rkey, now_us}
+for i = 1, np do s.z[i] = ARGV[a]; a = a + 1 end
+local fmt = function(x) if x == nil then return '' end return string.format('%.3f', x) end
+local ok, latest, _, why, key = check(s, now, nil)
+local queued = redis.call('HLEN', Q.wait)
+if ok and queued == 0 then
+  take(id, s, now)
+  return {1, '0', '', '', fmt(now), ''}
 end
-
-for i = 1, nc do
-  local k = KEYS[i]
-  redis.call('ZADD', k, now + ttl, member)
-  if redis.call('PTTL', k) < ttl + 1000 then redis.call('PEXPIRE', k, math.ceil(ttl) + 1000) end
+if ok then why = 'queued' end
+local wait = latest and (latest - now) or nil
+if mode == 'try' then return {0, fmt(wait), why, key, fmt(now), ''} end
+if left ~= nil and (left <= 0 or (why ~= 'concurrency' and wait ~= nil and wait > left)) then
+  return {3, fmt(wait), why, key, fmt(now), ''}
 end
-for i = 1, nb do
-  local ms = math.ceil(tats[i] - now) + 1000
-  redis.call('SET', KEYS[nc + i], string.format('%.6f', tats[i]), 'PX', ms)
-end
-return {1, 0, '', '', now_us}
+enqueue(id, s, ARGV[6], tonumber(ARGV[7]), now, ttl)
+local mine, wake_at, owner = dispatch(now, id, 128)
+if mine then return {1, '0', '', '', fmt(now), fmt(wake_at), owner} end
+return {2, fmt(wait), why, key, fmt(now), fmt(wake_at), owner}

@@ -1,13 +1,21 @@
--- stageflow-plus: heartbeat; push the expiry of held leases to now + ttl.
+-- stageflow-plus: heartbeat of one process: extend its leases and its waiters, count the
+-- live processes, report waiters no longer queued, run the dispatch pass.
 --
--- KEYS: concurrency ZSETs (may repeat); ARGV: ttl ms, then one lease id per key.
--- Returns the 1-based indexes of pairs whose lease was gone (expired or lost in a restart).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local ttl = tonumber(ARGV[1])
+-- KEYS[1]: the queue hash, then one pool ZSET per held lease permit.
+-- ARGV: prefix, aging ms, proc, ttl ms, then one lease id per pool key, then waiter ids.
+-- Returns {lost: 1-based indexes of lease pairs gone, statuses of the waiter ids (1 still
+-- queued, 2 granted, 0 gone), live processes, wake-at ms, now ms}.
+local now = now_ms()
+local proc, ttl = ARGV[3], tonumber(ARGV[4])
+local procs = Q.p .. 'procs'
+redis.call('ZADD', procs, now + ttl, proc)
+redis.call('ZREMRANGEBYSCORE', procs, '-inf', now)
+redis.call('PEXPIRE', procs, math.ceil(ttl) * 4)
+redis.call('ZREMRANGEBYSCORE', Q.gr, '-inf', now - 10 * ttl)  -- grants nobody released
 local lost = {}
-for i = 1, #KEYS do
-  local k, member = KEYS[i], ARGV[i + 1]
+local n = #KEYS - 1
+for i = 1, n do
+  local k, member = KEYS[i + 1], ARGV[4 + i]
   if redis.call('ZADD', k, 'XX', 'CH', now + ttl, member) == 0
      and not redis.call('ZSCORE', k, member) then
     lost[#lost + 1] = i
@@ -15,4 +23,18 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', k, math.ceil(ttl) + 1000)
   end
 end
-return lost
+local statuses = {}
+for i = 5 + n, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', Q.wait, id) == 1 then
+    redis.call('ZADD', Q.exp, 'XX', now + ttl, id)
+    statuses[#statuses + 1] = 1
+  elseif redis.call('ZSCORE', Q.gr, id) then
+    statuses[#statuses + 1] = 2
+  else
+    statuses[#statuses + 1] = 0
+  end
+end
+local _, wake_at, owner = dispatch(now, nil, 128)
+return {lost, statuses, redis.call('ZCARD', procs),
+        wake_at and string.format('%.3f', wake_at) or '', string.format('%.3f', now), owner}
