@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .admission import AdmissionPolicy
-from .clock import Clock, TimerHandle, as_clock
+from .clock import Clock, as_clock
 from .dispatch import GRANTED
 from .errors import WouldBlock
 from .lease import Lease, LimiterListener
@@ -65,17 +65,22 @@ class Limiter(Queueing):
         clock: Clock | Callable[[], float] | None = None,
         listener: LimiterListener | None = None,
     ) -> None:
+        # Each attribute is declared (slot and annotation) in exactly one class of the
+        # hierarchy Dispatcher -> Queueing -> Limiter, and assigned here without annotation:
+        # mypyc builds a class's GC traverse from the attributes of every class in its MRO,
+        # so a re-declaration here would be visited twice, and the collector would then
+        # clear live objects (e.g. a loop timer) as garbage. tests/primitives/test_gc_safety.
         self._name = name
-        self._ordering: Ordering = ordering if ordering is not None else FifoOrdering()
+        self._ordering = ordering if ordering is not None else FifoOrdering()
         self._admission = admission if admission is not None else AdmissionPolicy()
         self._clock = as_clock(clock)
         self._now = self._clock.now
-        self._listener: LimiterListener | None = None
+        self._listener = None
         self._immediate_events = False
         self.listener = listener
         self._seq = itertools.count()
-        self._deadlines: list[tuple[float, int, Waiter]] = []  # heap; stale entries skipped
-        self._timer: TimerHandle | None = None
+        self._deadlines = []  # heap of (deadline, seq, waiter); stale entries skipped
+        self._timer = None
         self._timer_at = math.inf  # due time of _timer; inf when no timer
         self._dispatching = False
         self._closed = False
@@ -83,7 +88,7 @@ class Limiter(Queueing):
         self._waiting = 0  # invariant: == len(self._ordering), read on the hot path
         self._admitted = 0
         self._cancelled = 0
-        self._rejected: dict[str, int] = {}
+        self._rejected = {}
         self._waits = WaitRecorder()
         self._record_wait = self._waits.add
 
