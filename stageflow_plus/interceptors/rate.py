@@ -13,7 +13,7 @@ from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import Rate, Resource, TokenBucket
 from ..primitives.stats import BucketStatistics
-from .call import ToolCall
+from .call import ToolCall, check_cost
 from .gate import LimitPart
 
 __all__ = ["TokenBucketRateLimiter", "default_retry_after"]
@@ -70,7 +70,10 @@ class TokenBucketRateLimiter(LimitPart):
     :param per_key_rates: different rates for particular keys.
     :param actual_cost: reads the actual cost from a tool result (e.g. the tokens a provider
         billed); the difference to the estimate is charged or refunded at once, so the next
-        admissions reflect it.
+        admissions reflect it. It returns a mapping of finite numbers >= 0, or ``None`` (no
+        correction). When it raises or returns anything else, the tool's result is still
+        returned, the estimate stays charged, and the failure is logged (logger
+        ``stageflow_plus``, WARNING) and sent to the listener's ``on_observer_error``.
     :param retry_after: finds a provider's ``Retry-After`` in a result or exception (default
         :func:`default_retry_after`); when found, the key is paused for *every* caller.
 
@@ -227,14 +230,33 @@ class TokenBucketRateLimiter(LimitPart):
         self.gate.limiter.dispatch()
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        failure: Exception | None = None
         if self._actual_cost is not None:
-            actual = self._actual_cost(result)
-            if actual:
-                lease.adjust(actual)
+            try:
+                self._charge_actual(call, lease, result)
+            except Exception as error:  # the pause below must still happen; raised after it
+                failure = error
         if result is not None and self._retry_after is not None:
             seconds = self._retry_after(result)
             if seconds is not None:
                 self.pause(self._key(call), seconds)
+        if failure is not None:
+            raise failure  # the gate reports it and keeps the result
+
+    def _charge_actual(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        """Charge ``actual_cost(result)``; a value it cannot be is refused (``ConfigError``)
+        before anything is charged, so the estimate stays."""
+        assert self._actual_cost is not None
+        actual = self._actual_cost(result)
+        if actual is None:
+            return
+        if not isinstance(actual, Mapping):
+            raise ConfigError(
+                f"actual_cost of tool {call.tool!r} must return a mapping of cost names to "
+                f"numbers or None, got {type(actual).__name__}"
+            )
+        if actual:
+            lease.adjust(check_cost(actual, "actual_cost()", f" of tool {call.tool!r}"))
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if isinstance(error, Rejected):

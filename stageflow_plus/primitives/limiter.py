@@ -140,7 +140,8 @@ class Limiter(Queueing):
         """Grant at once or refuse; never waits.
 
         Refuses (a falsy :class:`Lease` with ``retry_after``) when any demand is unavailable
-        *or anyone is already waiting* — nowait callers never jump the queue.
+        *or anyone is already waiting* — nowait callers never jump the queue. A negative or
+        NaN amount raises :class:`ConfigError`.
         """
         if self._closed:
             return Lease(self, demands, 0.0, 0.0, info, error=self._closed_error())
@@ -148,6 +149,7 @@ class Limiter(Queueing):
         lease = self.take(demands, now, info)
         if lease is not None:
             return lease
+        self._check_values(demands, 0.0, None, None)  # a bad amount raises ConfigError
         retry = 0.0
         for resource, amount in demands:
             if not resource.available(amount, now):
@@ -186,8 +188,11 @@ class Limiter(Queueing):
         :param priority: higher is more urgent (used by priority orderings).
         :param tenant: the fair-share owner (used by fair orderings).
         :param cost: fair-share cost charged to the tenant when granted.
-        :param deadline: absolute time (on this limiter's clock) by which the call must start.
+        :param deadline: absolute time (on this limiter's clock) by which the call must start;
+            once passed, the call is refused even where capacity is free.
         :param timeout: seconds the call may wait; combined with ``deadline`` (earliest wins).
+        :raises ConfigError: an amount or ``cost`` is negative, NaN or infinite (``inf``
+            amounts: ``CostTooLarge``), or ``deadline`` / ``timeout`` is NaN.
         :raises CostTooLarge: a demand exceeds what its resource can ever grant.
         :raises DeadlineUnmeetable: the deadline has passed or the estimated wait exceeds it.
         :raises QueueFull: a queue bound is reached and shedding refused this call.
@@ -200,9 +205,11 @@ class Limiter(Queueing):
         ``CancelledError`` propagates. Either way the next waiter is considered immediately.
         """
         now = self._now()
-        lease = self.take(demands, now, info)
-        if lease is not None:
-            return lease
+        if (deadline is None or deadline >= now) and (timeout is None or timeout >= 0):
+            lease = self.take(demands, now, info)
+            if lease is not None:
+                return lease
+        # (a passed deadline is refused by _enqueue even where capacity is free)
         # the wait happens in this frame (no inner coroutine): a queued call costs one frame
         # (few locals here: each costs every queued call 8 bytes of frame)
         waiter = self._enqueue(demands, priority, tenant, cost, deadline, timeout, info, now)
@@ -252,7 +259,8 @@ class Limiter(Queueing):
         if self._waiting or self._closed:
             return None
         for taken, (resource, amount) in enumerate(demands):
-            if not resource.try_take(amount, now):
+            # (a negative or NaN amount is never taken: the queue refuses it, ConfigError)
+            if not amount >= 0.0 or not resource.try_take(amount, now):
                 for undo, undo_amount in demands[:taken]:  # all or nothing
                     undo.refund(undo_amount, now)
                 return None
