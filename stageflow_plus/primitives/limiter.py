@@ -263,7 +263,9 @@ class Limiter(Queueing):
             if not amount >= 0.0 or not resource.try_take(amount, now):
                 for undo, undo_amount in demands[:taken]:  # all or nothing
                     undo.refund(undo_amount, now)
+                    undo.holders -= 1
                 return None
+            resource.holders += 1
         self._admitted += 1
         self._in_flight += 1
         self._record_wait(0.0)
@@ -322,6 +324,7 @@ class Limiter(Queueing):
                 resource.refund(amount, now)
             else:
                 resource.release(amount, now, held)
+            resource.holders -= 1
         self._in_flight -= 1
         if self._immediate_events or (self._listener is not None and lease.queued):
             self._listener.on_released(lease.info, held)  # type: ignore[union-attr]

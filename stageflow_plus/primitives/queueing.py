@@ -23,7 +23,7 @@ from .admission import AdmissionPolicy, Shedding
 from .dispatch import Dispatcher
 from .errors import ConfigError, CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
 from .resources import Resource
-from .waiter import Demand, Waiter
+from .waiter import WAITING, Demand, Waiter
 
 __all__ = ["Queueing"]
 
@@ -101,7 +101,14 @@ class Queueing(Dispatcher):
             resource.queued += 1
             resource.queued_amount += amount
         if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
+            deadlines = self._deadlines
+            if len(deadlines) > 2 * self._waiting + 64:
+                # entries of waiters gone (granted, left) are skipped lazily at the top; drop
+                # them once they outnumber the live ones, so a granted call's waiter (its
+                # lease, its call) is not kept until its deadline: O(1) amortised
+                deadlines = self._deadlines = [e for e in deadlines if e[2].state is WAITING]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (deadline, waiter.seq, waiter))
         if self._listener is not None:
             # not depth + 1: shedding may have evicted a waiter since depth was read
             self._listener.on_queued(info, self._waiting)

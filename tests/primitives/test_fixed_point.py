@@ -115,6 +115,9 @@ async def walk(seed: int) -> None:
             for pool in pools:
                 held = sum(1 for lease in leases for r, _ in lease.demands if r is pool)
                 assert held == pool.in_use, (step, pool)
+            for resource in (*pools, *buckets):
+                holding = sum(1 for lease in leases for r, _ in lease.demands if r is resource)
+                assert holding == resource.holders, (step, resource)
             admitted = limiter.statistics().admitted
             limiter.dispatch()
             due = clock.next_due()

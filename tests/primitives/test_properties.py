@@ -254,6 +254,9 @@ def check(world: World) -> None:
         mine = [a for c in waiting for r, a in c.demands if r is pool]
         assert pool.queued == len(mine), (pool, mine)
         assert math.isclose(pool.queued_amount, sum(mine), abs_tol=EPS)
+    for resource in (*world.pools, world.bucket):  # what idle-state release relies on
+        holding = sum(1 for c in running for r, _ in c.demands if r is resource)
+        assert resource.holders == holding, (resource, resource.holders, holding)
     bucket_waiting = [a for c in waiting for r, a in c.demands if r is world.bucket]
     assert world.bucket.queued == len(bucket_waiting)
     assert world.bucket.tokens <= world.bucket.burst + EPS
