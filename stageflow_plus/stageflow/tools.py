@@ -69,7 +69,8 @@ def build_call(
     tightens the deadline to ``now + max_wait``.
 
     :raises ConfigError: ``cost_of`` returned something other than a mapping of finite
-        numbers >= 0 (or ``None``), or a field of the call is invalid (see :class:`ToolCall`).
+        numbers >= 0 (or ``None``), the scope's ``cost`` is not such a mapping, or a field
+        of the call is invalid (see :class:`ToolCall`).
     """
     payload = getattr(action, "payload", None) or {}
     tool = str(action.type)
@@ -88,8 +89,10 @@ def build_call(
         cost = {} if estimate is None else check_cost(estimate, "cost_of()", f" for tool {tool!r}")
     deadline = None
     if scope is not None:
-        if scope.cost:
-            cost = {**scope.cost, **cost}
+        # (a per-run default; a scope may be set by anyone: checked like cost_of's estimate)
+        default = check_cost(scope.cost, "CallScope.cost", f" for tool {tool!r}")
+        if default:
+            cost = {**default, **cost}
         deadline = scope.deadline
         if scope.max_wait is not None and now is not None:
             bound = now + scope.max_wait
