@@ -117,10 +117,11 @@ class Lease:
         Buckets of that dimension are charged the difference (refunded when the actual cost
         is lower), so the next admissions see it. Dimensions no bucket of the lease uses are
         ignored. A value that is not a finite number >= 0 (NaN, an infinity, a negative, a
-        string, a ``bool``), one above the burst of a bucket it applies to (more than the
-        bucket could ever grant: the key would be blocked for ages), or ``actual`` not a
-        mapping, raises :class:`ConfigError` naming the entry, and nothing is charged (the
-        estimate stays). Adjust before releasing the lease: an idle bucket may be dropped.
+        string, a ``bool``), or ``actual`` not a mapping, raises :class:`ConfigError` naming
+        the entry, and nothing is charged (the estimate stays). An actual cost above the
+        estimate may put a bucket into debt (even beyond its burst): the next admissions
+        wait until it is repaid. Adjust before releasing the lease: an idle bucket may be
+        dropped.
         """
         given: Any = actual  # (untyped: compiled code would trust the declared float values)
         if not isinstance(given, Mapping):
@@ -139,14 +140,7 @@ class Lease:
         charges: list[tuple[int, TokenBucket, float]] = []
         for i, (resource, _) in enumerate(demands):
             if isinstance(resource, TokenBucket) and resource.dimension in given:
-                new_amount = float(given[resource.dimension])
-                if new_amount > resource.burst:
-                    raise ConfigError(
-                        f"actual cost {resource.dimension!r}{_of(self.info)} is "
-                        f"{new_amount:g}, more than bucket {resource.key!r} can ever hold "
-                        f"({resource.burst:g}); not charged"
-                    )
-                charges.append((i, resource, new_amount))
+                charges.append((i, resource, float(given[resource.dimension])))
         now = self._limiter.clock.now()
         for i, bucket, new_amount in charges:
             bucket.charge(new_amount - demands[i][1], now)

@@ -214,7 +214,19 @@ class TokenBucket(Resource):
 
     def ready_at(self, amount: float, now: float) -> float:
         self._refill(now)
-        refill_at = now + max(0.0, amount - self.tokens) / self.rate
+        deficit = amount - self.tokens
+        if deficit <= 0.0:
+            return max(now, self.paused_until)
+        refill_at = now + deficit / self.rate
+        for _ in range(4):
+            # rounding ``now + deficit / rate`` at a large clock value can land before the
+            # refill completes (at 1e5 s and 1000/s, 0.5 tokens come 5e-9 short), and a tiny
+            # deficit then gives ``now`` itself: the limiter's timer would fire, find the
+            # bucket still short, and re-arm for the same instant — forever on a virtual
+            # clock. The next representable time after that is always enough.
+            if (refill_at - now) * self.rate + _EPSILON >= deficit:
+                break
+            refill_at = math.nextafter(refill_at, math.inf)
         return max(refill_at, self.paused_until)
 
     def release(self, amount: float, now: float, held_for: float) -> None:

@@ -154,8 +154,6 @@ async def test_the_limiter_refuses_a_fair_share_cost_that_breaks_the_order(cost:
         ({"tokens": "40"}, "actual cost 'tokens' of tool 'llm' must be a finite number"),
         ({"tokens": False}, "actual cost 'tokens' of tool 'llm' must be a finite number"),
         ([("tokens", 4)], "actual cost of tool 'llm' must be a mapping"),
-        ({"tokens": 1e300}, r"actual cost 'tokens' of tool 'llm' is 1e\+300, more than bucket"),
-        ({"tokens": 101}, r"is 101, more than bucket 'tokens' can ever hold \(100\)"),
     ],
 )
 async def test_lease_adjust_refuses_an_actual_cost_and_charges_nothing(

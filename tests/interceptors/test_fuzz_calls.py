@@ -295,9 +295,8 @@ async def scenario(schedule: list[Spec]) -> None:
     assert stats is not None and stats.in_flight == 0 and stats.tasks_waiting == 0
     assert all(p.in_use == 0 and p.waiting == 0 for p in stats.pools)
     assert gate_resources_idle(chain)
-    for bucket in stats.buckets:
+    for bucket in stats.buckets:  # (a valid actual cost may leave a finite debt)
         assert math.isfinite(bucket.available) and bucket.available <= bucket.burst + 1e-6
-        assert bucket.available >= -BURST * 2  # a charge is bounded by valid actual costs
     assert clock.armed <= TIMER_BUDGET
 
 
