@@ -244,13 +244,13 @@ async def test_compiled_code_sees_a_python_subclass_s_own_unit() -> None:
 
 
 def test_wrong_priority_or_tenant_types_fail_at_once_in_either_core() -> None:
-    from stageflow_plus import ToolCall
+    from stageflow_plus import ConfigError, ToolCall
 
-    with pytest.raises(TypeError, match="priority must be an int"):
+    with pytest.raises(ConfigError, match="priority of tool 't' must be an int"):
         ToolCall("t", priority=2.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="priority must be an int"):
+    with pytest.raises(ConfigError, match="priority of tool 't' must be an int"):
         ToolCall("t", priority=True)
-    with pytest.raises(TypeError, match="tenant must be a str"):
+    with pytest.raises(ConfigError, match="tenant of tool 't' must be a str"):
         ToolCall("t", tenant=7)  # type: ignore[arg-type]
     assert ToolCall("t", priority=3, tenant="a").priority == 3
 

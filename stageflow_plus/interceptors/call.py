@@ -15,15 +15,66 @@ where ``proceed(call)`` runs the rest of the chain and, at its end, the tool.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-__all__ = ["Proceed", "ToolCall", "ToolCallInterceptor"]
+from ..primitives.errors import ConfigError
+
+__all__ = [
+    "MAX_PRIORITY_MAGNITUDE",
+    "Proceed",
+    "ToolCall",
+    "ToolCallInterceptor",
+    "check_cost",
+]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _ids = itertools.count(1)
+_MAX_FLOAT = sys.float_info.max
+
+MAX_PRIORITY_MAGNITUDE = 2**31
+"""``ToolCall.priority`` lies in ``[-2**31, 2**31]``: aging arithmetic stays exact in floats."""
+
+
+def check_cost(cost: Any, where: str, context: str = "") -> Mapping[str, float]:
+    """Validate a cost mapping (``{"tokens": 1200}``) and return it.
+
+    Every key must be a ``str`` and every value a finite ``int`` or ``float`` >= 0 (not a
+    ``bool``). Anything else — NaN, infinities, negatives, strings, ``None``, a non-mapping —
+    raises :class:`~stageflow_plus.primitives.errors.ConfigError` naming ``where`` (e.g.
+    ``"ToolCall.cost"``), the entry, ``context`` (e.g. ``" of tool 'search'"``) and the value.
+    """
+    if type(cost) is not dict and not isinstance(cost, Mapping):
+        raise ConfigError(
+            f"{where}{context} must be a mapping of cost names to numbers, got {_show(cost)}"
+        )
+    for name, value in cost.items():
+        kind = type(value)
+        if (kind is not float and kind is not int) or type(name) is not str:
+            _refuse_cost_entry(name, value, where, context)
+        if not 0 <= value <= _MAX_FLOAT:  # (NaN fails every comparison)
+            _refuse_cost_entry(name, value, where, context)
+    return cost
+
+
+def _show(value: Any) -> str:
+    """``value`` for an error message: its type and a repr cut to 60 characters."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _refuse_cost_entry(name: Any, value: Any, where: str, context: str) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}{context}: cost names must be strings, got {_show(name)}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}[{name!r}]{context} must be a number, got {_show(value)}")
+    if not 0 <= value <= _MAX_FLOAT:
+        raise ConfigError(
+            f"{where}[{name!r}]{context} must be a finite number >= 0, got {_show(value)}"
+        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -38,10 +89,18 @@ class ToolCall:
     :ivar priority: higher is more urgent; 0 is normal.
     :ivar cost: estimated cost per dimension, e.g. ``{"tokens": 1200}`` (a request counts 1
         under ``"requests"`` automatically).
-    :ivar deadline: absolute time on the chain's clock by which the call must *start*.
+    :ivar deadline: absolute time on the chain's clock by which the call must *start*; a
+        call whose deadline has passed is refused with ``DeadlineUnmeetable``, even when
+        capacity is free (``-inf``: always refused; ``inf``: the same as ``None``).
     :ivar context: the caller's context object, passed through to the tool untouched.
     :ivar limits: per-run limit overrides already validated against the operator's ceilings.
     :ivar call_id: unique per process, for logs and events.
+
+    Every field is checked at construction: a wrong value raises
+    :class:`~stageflow_plus.primitives.errors.ConfigError` naming the field, the tool and
+    the value (``tool`` and ``tenant`` are ``str``; ``run_id`` a ``str`` or ``None``;
+    ``priority`` an ``int`` within ±2**31; every ``cost`` a finite number >= 0; ``deadline``
+    a number or ``None``, not NaN).
     """
 
     tool: str
@@ -57,13 +116,45 @@ class ToolCall:
     call_id: int = field(default_factory=_ids.__next__)
 
     def __post_init__(self) -> None:
-        # checked here, at once, because the compiled limiter would otherwise refuse a wrong
-        # type only when the call has to queue (i.e. only under load)
-        if type(self.priority) is not int or type(self.tenant) is not str:
-            if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-                raise TypeError(f"ToolCall.priority must be an int, got {self.priority!r}")
-            if not isinstance(self.tenant, str):
-                raise TypeError(f"ToolCall.tenant must be a str, got {self.tenant!r}")
+        # Checked here, at once, for every call: a wrong value would otherwise be refused
+        # only when the call has to queue (i.e. only under load), or not at all (a NaN cost
+        # neither fits nor fails, so its bucket's timer would re-arm for "now" forever).
+        # The common case costs a few type checks; the messages are built only on failure.
+        priority = self.priority
+        if (
+            type(self.tool) is not str
+            or type(priority) is not int
+            or type(self.tenant) is not str
+            or not -MAX_PRIORITY_MAGNITUDE <= priority <= MAX_PRIORITY_MAGNITUDE
+            or (self.run_id is not None and type(self.run_id) is not str)
+        ):
+            self._check_fields()
+        if self.cost is not _EMPTY:
+            check_cost(self.cost, "ToolCall.cost", f" of tool {self.tool!r}")
+        deadline = self.deadline
+        if deadline is not None and (
+            (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
+        ):
+            self._refuse("deadline", "a number or None (not NaN)", deadline)
+
+    def _check_fields(self) -> None:
+        """The slow path of ``__post_init__``: subclasses of str/int pass, the rest fails."""
+        if not isinstance(self.tool, str):
+            self._refuse("tool", "a str", self.tool)
+        priority = self.priority
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            self._refuse("priority", "an int", priority)
+        if not -MAX_PRIORITY_MAGNITUDE <= priority <= MAX_PRIORITY_MAGNITUDE:
+            self._refuse("priority", f"an int within ±{MAX_PRIORITY_MAGNITUDE}", priority)
+        if not isinstance(self.tenant, str):
+            self._refuse("tenant", "a str", self.tenant)
+        if self.run_id is not None and not isinstance(self.run_id, str):
+            self._refuse("run_id", "a str or None", self.run_id)
+
+    def _refuse(self, name: str, expected: str, value: Any) -> NoReturn:
+        raise ConfigError(
+            f"ToolCall.{name} of tool {self.tool!r} must be {expected}, got {_show(value)}"
+        )
 
     def log_fields(self) -> dict[str, Any]:
         """The fields events and logs carry for this call."""

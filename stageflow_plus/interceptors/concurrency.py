@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..primitives.errors import ConfigError
+from ..primitives.idle import sweep_idle
 from ..primitives.resources import ConcurrencyPool, Resource
 from ..primitives.stats import PoolStatistics
 from .call import ToolCall
@@ -77,28 +79,32 @@ def _split(value: int | Mapping[str, int] | None) -> tuple[int | None, Mapping[s
     return None, dict(value)
 
 
+def _pool_idle(pool: ConcurrencyPool) -> bool:
+    """Nobody holds a permit of ``pool`` and nobody waits for one: it can be re-created."""
+    return not pool.holders and not pool.queued
+
+
 class _Pools:
-    """The pools of one partition, created on first use, dropped when idle."""
+    """The pools of one partition, created on first use, dropped once idle.
+
+    Each new group sweeps the oldest few (:func:`~stageflow_plus.primitives.idle.
+    sweep_idle`): memory stays bounded by the groups in use, whatever the number of distinct
+    runs or tenants, at a constant cost per new group. A re-created pool starts with the
+    partition's cap and no service-time history (used only by deadline-aware estimates).
+    """
 
     __slots__ = ("partition", "pools")
 
-    MAX_IDLE = 1024
-
     def __init__(self, partition: Partition) -> None:
         self.partition = partition
-        self.pools: dict[str, ConcurrencyPool] = {}
+        self.pools: OrderedDict[str, ConcurrencyPool] = OrderedDict()
 
     def get(self, group: str, cap: int) -> ConcurrencyPool:
         pool = self.pools.get(group)
         if pool is None:
-            if len(self.pools) >= self.MAX_IDLE:
-                self.sweep()
+            sweep_idle(self.pools, _pool_idle)
             pool = self.pools[group] = ConcurrencyPool(f"{self.partition.name}:{group}", cap)
         return pool
-
-    def sweep(self) -> None:
-        for group in [g for g, p in self.pools.items() if not p.in_use and not p.queued]:
-            del self.pools[group]
 
 
 class ConcurrencyLimiter(LimitPart):
@@ -208,7 +214,7 @@ class ConcurrencyLimiter(LimitPart):
         pool = group.pools.get(key)
         if pool is None:
             return group.get(key, cap)
-        if pool._capacity != cap and not pool.in_use and not pool.queued:
+        if pool._capacity != cap and _pool_idle(pool):
             pool.capacity = cap  # a new run reusing a key takes its own cap
         return pool
 

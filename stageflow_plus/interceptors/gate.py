@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from ..primitives.admission import AdmissionPolicy
 from ..primitives.clock import Clock
-from ..primitives.errors import ConfigError, QueueFull
+from ..primitives.errors import ConfigError, QueueFull, StageflowPlusError
 from ..primitives.lease import Lease, LimiterListener
 from ..primitives.limiter import Limiter
 from ..primitives.ordering import FifoOrdering, Ordering
@@ -30,6 +31,8 @@ from .call import Proceed, ToolCall
 from .part import LimitPart
 
 __all__ = ["AdmissionGate", "LimitPart"]
+
+logger = logging.getLogger("stageflow_plus")
 
 
 def unenforced_limits(call: ToolCall, honoured: frozenset[str]) -> ConfigError:
@@ -133,7 +136,11 @@ class AdmissionGate:
         """
         self.check_limits(call)
         demands = self.demands_of(call)
-        lease = self.limiter.take(demands, self.limiter.clock.now(), call)
+        now = self.limiter.clock.now()
+        deadline = call.deadline
+        lease = None  # a passed deadline: refused by the queue even where capacity is free
+        if deadline is None or deadline >= now:
+            lease = self.limiter.take(demands, now, call)
         return lease if lease is not None else await self._wait(call, demands)
 
     def _wait(
@@ -197,8 +204,9 @@ class AdmissionGate:
         demands: list[tuple[Resource, float]] = []
         for part in self._demanders:
             part.add_demands(call, now, demands)
-        lease = self._take(demands, now, call)
-        if lease is None:
+        deadline = call.deadline
+        lease = self._take(demands, now, call) if deadline is None or deadline >= now else None
+        if lease is None:  # (a passed deadline: refused by the queue, never admitted)
             if call.limits and call.run_id is not None and "max_queue" in call.limits:
                 lease = await self._wait(call, demands)
             else:  # queue, then wait in this frame: no second coroutine per queued call
@@ -220,20 +228,52 @@ class AdmissionGate:
             result = await proceed(call)
         except Exception as error:
             try:
-                for part in self._observers:
-                    part.after_error(call, lease, error)
+                if self._observers:
+                    self._observe(call, lease, error, True)
             finally:
                 lease.release()
-            raise
+            raise  # the tool's own error, whatever an observer did
         except BaseException:
             lease.release()  # cancelled while running: permits come back
             raise
         try:
-            for part in self._observers:
-                part.after_result(call, lease, result)
-        finally:  # an observer that raises (e.g. a broken actual_cost) leaks nothing
+            if self._observers:
+                self._observe(call, lease, result, False)
+        finally:
             lease.release()
-        return result
+        return result  # the tool ran: its result is kept, whatever an observer did
+
+    def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool) -> None:
+        """Run every observer's ``after_error`` / ``after_result``; one that raises (e.g. a
+        broken ``actual_cost``) is reported, never allowed to replace the tool's outcome:
+        the estimate it failed to correct stays charged, the lease is released as usual."""
+        for part in self._observers:
+            try:
+                if failed:
+                    part.after_error(call, lease, outcome)
+                else:
+                    part.after_result(call, lease, outcome)
+            except Exception as error:
+                hook = f"{type(part).__name__}.{'after_error' if failed else 'after_result'}"
+                self._report_observer_error(call, hook, error)
+
+    def _report_observer_error(self, call: ToolCall, hook: str, error: Exception) -> None:
+        """Log (``stageflow_plus`` logger, WARNING) and tell the listener's optional
+        ``on_observer_error(info, hook, error)``. Logs the error's own text only for our
+        errors (they name fields, never payloads); of a foreign one, its type only."""
+        detail = str(error) if isinstance(error, StageflowPlusError) else type(error).__name__
+        logger.warning(
+            "tool_call.observer_failed: %s raised for tool %r (call %s, run %s): %s; the "
+            "tool's outcome is kept, its estimated cost stays charged",
+            hook, call.tool, call.call_id, call.run_id, detail,
+        )
+        handler = getattr(self.limiter.listener, "on_observer_error", None)
+        if handler is not None:
+            try:
+                handler(call, hook, error)
+            except Exception as failure:  # a listener must not lose the outcome either
+                logger.warning("tool_call.listener_failed: on_observer_error raised %s",
+                               type(failure).__name__)
 
     def statistics(self) -> LimiterStatistics:
         """The limiter's snapshot with every pool and bucket of the fused interceptors."""

@@ -102,3 +102,9 @@ class MultiListener:
             on_paused = getattr(listener, "on_paused", None)
             if on_paused is not None:
                 on_paused(key, retry_after)
+
+    def on_observer_error(self, info: Any, hook: str, error: Exception) -> None:
+        for listener in self.listeners:
+            handler = getattr(listener, "on_observer_error", None)
+            if handler is not None:
+                handler(info, hook, error)

@@ -7,21 +7,34 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..llm.answers import default_retry_after
 from ..primitives.errors import ConfigError, Rejected
+from ..primitives.idle import sweep_idle
 from ..primitives.lease import Lease
 from ..primitives.resources import Rate, Resource, TokenBucket
 from ..primitives.stats import BucketStatistics
-from .call import ToolCall
+from .call import ToolCall, check_cost
 from .gate import LimitPart
 from .pause import DEFAULT_MAX_PAUSE, check_seconds
 
 logger = logging.getLogger("stageflow_plus")
 
 __all__ = ["TokenBucketRateLimiter", "default_retry_after"]
+
+
+def _bucket_idle(bucket: TokenBucket, now: float) -> bool:
+    """Re-creating ``bucket`` would change nothing: nobody holds or awaits it, it is not
+    paused and it is full again."""
+    return (
+        not bucket.holders
+        and not bucket.queued
+        and bucket.paused_until <= now
+        and bucket.level(now) >= bucket.burst
+    )
 
 KEYS: dict[str, Callable[[ToolCall], str]] = {
     "global": lambda call: "*",
@@ -42,7 +55,10 @@ class TokenBucketRateLimiter(LimitPart):
     :param per_key_rates: different rates for particular keys.
     :param actual_cost: reads the actual cost from a tool result (e.g. the tokens a provider
         billed); the difference to the estimate is charged or refunded at once, so the next
-        admissions reflect it.
+        admissions reflect it. It returns a mapping of finite numbers >= 0, or ``None`` (no
+        correction). When it raises or returns anything else, the tool's result is still
+        returned, the estimate stays charged, and the failure is logged (logger
+        ``stageflow_plus``, WARNING) and sent to the listener's ``on_observer_error``.
     :param retry_after: finds a provider's ``Retry-After`` in a result or exception (e.g.
         :func:`default_retry_after`) and pauses *this limiter's* buckets of the call's key.
         Off by default: the chain's :class:`~stageflow_plus.interceptors.pause.ProviderPause`
@@ -53,6 +69,14 @@ class TokenBucketRateLimiter(LimitPart):
     starts full unless ``Rate(start_full=False)``; in any interval of length ``t`` it admits
     at most ``burst + rate * t``. A call asking more than a bucket's burst is refused at once
     with :class:`~stageflow_plus.primitives.errors.CostTooLarge`.
+
+    Memory: buckets are made per key on first use and dropped again once idle — full,
+    unpaused, no call holding or awaiting them — a few at a time as new keys arrive, so
+    memory stays bounded whatever the number of distinct keys (tenants, per-run rates). With
+    ``start_full=False`` every key's buckets count as made empty when this limiter made its
+    first bucket and refilling since: a key first seen later (or seen again after its full
+    buckets were dropped) starts with what it would hold had it existed all along, which is
+    full once ``burst / rate`` seconds have passed since the start.
     """
 
     __slots__ = (
@@ -60,6 +84,7 @@ class TokenBucketRateLimiter(LimitPart):
         "_buckets",
         "_key",
         "_max_pause",
+        "_origin",
         "_paused_logged",
         "_per_key",
         "_rates",
@@ -103,8 +128,10 @@ class TokenBucketRateLimiter(LimitPart):
         }
         self._actual_cost = actual_cost
         self._retry_after = retry_after
-        self._buckets: dict[str, tuple[TokenBucket, ...]] = {}
-        self._run_buckets: dict[tuple[str, str, float], TokenBucket] = {}
+        # per key / per run, dropped once idle (sweep_idle on each new key: bounded memory)
+        self._buckets: OrderedDict[str, tuple[TokenBucket, ...]] = OrderedDict()
+        self._run_buckets: OrderedDict[tuple[str, str, float], TokenBucket] = OrderedDict()
+        self._origin: float | None = None  # when the first bucket was made (start_full=False)
 
     @staticmethod
     def _check_rates(rates: Rate | Sequence[Rate], where: str) -> tuple[Rate, ...]:
@@ -118,15 +145,27 @@ class TokenBucketRateLimiter(LimitPart):
         return self._key(call)
 
     def buckets_for(self, key: str, now: float) -> tuple[TokenBucket, ...]:
-        """The buckets of ``key`` (created full or empty on first use)."""
+        """The buckets of ``key``, created on first use (see the class docstring for their
+        level then) and dropped again once idle."""
         buckets = self._buckets.get(key)
         if buckets is None:
+            if self._origin is None:
+                self._origin = now
+            sweep_idle(self._buckets, lambda old: all(_bucket_idle(b, now) for b in old))
             rates = self._per_key.get(key, self._rates)
             buckets = self._buckets[key] = tuple(
-                TokenBucket(f"rate:{key}:{r.dimension}:{r.limit:g}/{r.per:g}s", r, now)
+                self._new_bucket(f"rate:{key}:{r.dimension}:{r.limit:g}/{r.per:g}s", r, now)
                 for r in rates
             )
         return buckets
+
+    def _new_bucket(self, name: str, rate: Rate, now: float) -> TokenBucket:
+        bucket = TokenBucket(name, rate, now)
+        if not rate.start_full and self._origin is not None:
+            # empty when the limiter started, refilling since: a key first seen (or dropped
+            # when full and seen again) later gets what it would hold had it existed all along
+            bucket.tokens = min(bucket.burst, (now - self._origin) * bucket.rate)
+        return bucket
 
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         cost = call.cost
@@ -152,23 +191,17 @@ class TokenBucketRateLimiter(LimitPart):
     ) -> None:
         """Per-run rates (``call.limits["rates"]``, per second): extra buckets, so a run can
         only tighten what the operator configured, never loosen it."""
-        if len(self._run_buckets) > 4096:
-            self._sweep_run_buckets(now)
         for dimension, per_second in run_rates.items():
             slot = (str(call.run_id), dimension, float(per_second))
             bucket = self._run_buckets.get(slot)
             if bucket is None:
+                sweep_idle(self._run_buckets, lambda old: _bucket_idle(old, now))
                 rate = Rate(per_second, per=1.0, burst=max(1.0, per_second), dimension=dimension)
                 bucket = TokenBucket(f"rate:run:{call.run_id}:{dimension}:{per_second:g}/1s",
                                      rate, now)
                 self._run_buckets[slot] = bucket
             amount = 1.0 if dimension == "requests" else float(call.cost.get(dimension, 0.0))
             out.append((bucket, amount))
-
-    def _sweep_run_buckets(self, now: float) -> None:
-        for slot, bucket in list(self._run_buckets.items()):
-            if not bucket.queued and bucket.level(now) >= bucket.burst:
-                del self._run_buckets[slot]
 
     def pause(self, key: str, retry_after: float) -> None:
         """Stop ``key``'s buckets for every caller for ``retry_after`` seconds.
@@ -217,12 +250,31 @@ class TokenBucketRateLimiter(LimitPart):
         self.gate.limiter.dispatch()
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        failure: Exception | None = None
         if self._actual_cost is not None:
-            actual = self._actual_cost(result)
-            if actual:
-                lease.adjust(actual)
+            try:
+                self._charge_actual(call, lease, result)
+            except Exception as error:  # the pause below must still happen; raised after it
+                failure = error
         if result is not None and self._retry_after is not None:
             self._maybe_pause(call, result)
+        if failure is not None:
+            raise failure  # the gate reports it and keeps the result
+
+    def _charge_actual(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        """Charge ``actual_cost(result)``; a value it cannot be is refused (``ConfigError``)
+        before anything is charged, so the estimate stays."""
+        assert self._actual_cost is not None
+        actual = self._actual_cost(result)
+        if actual is None:
+            return
+        if not isinstance(actual, Mapping):
+            raise ConfigError(
+                f"actual_cost of tool {call.tool!r} must return a mapping of cost names to "
+                f"numbers or None, got {type(actual).__name__}"
+            )
+        if actual:
+            lease.adjust(check_cost(actual, "actual_cost()", f" of tool {call.tool!r}"))
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if isinstance(error, Rejected):

@@ -112,6 +112,7 @@ class Dispatcher:
             resource.take(amount, now)
             resource.queued -= 1
             resource.queued_amount -= amount
+            resource.holders += 1
         waiter.state = GRANTED
         self._ordering.granted(waiter)
         self._waiting -= 1

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import Rejected
+from .errors import ConfigError, Rejected
 from .resources import TokenBucket
 from .waiter import Demand
 
@@ -17,6 +18,14 @@ if TYPE_CHECKING:
     from .limiter import Limiter
 
 __all__ = ["Lease", "LimiterListener"]
+
+_MAX_FLOAT = sys.float_info.max
+
+
+def _of(info: Any) -> str:
+    """`` of tool 'x'`` when ``info`` is a call with a tool name, else nothing."""
+    tool = getattr(info, "tool", None)
+    return f" of tool {tool!r}" if isinstance(tool, str) else ""
 
 
 class LimiterListener(Protocol):
@@ -27,6 +36,11 @@ class LimiterListener(Protocol):
     A listener may set an attribute ``immediate_events = False`` (absent means ``True``):
     the limiter then skips :meth:`on_admitted` for calls admitted without waiting and
     :meth:`on_released` for their leases — the hot path pays for no event nobody reads.
+
+    Optional methods, looked up when needed: ``on_paused(key, retry_after)`` (a provider
+    paused a rate key) and ``on_observer_error(info, hook, error)`` (an interceptor's
+    ``after_result`` / ``after_error`` hook raised, e.g. a failing ``actual_cost``; the
+    tool's outcome was kept, ``hook`` names the interceptor and the hook).
     """
 
     def on_queued(self, info: Any, depth: int) -> None: ...
@@ -101,22 +115,37 @@ class Lease:
         """Reconcile estimated with actual cost, per dimension (e.g. ``{"tokens": 812}``).
 
         Buckets of that dimension are charged the difference (refunded when the actual cost
-        is lower), so the next admissions see it. Unknown dimensions are ignored only if no
-        bucket of the lease uses them; negative costs raise ``ValueError``.
+        is lower), so the next admissions see it. Dimensions no bucket of the lease uses are
+        ignored. A value that is not a finite number >= 0 (NaN, an infinity, a negative, a
+        string, a ``bool``), or ``actual`` not a mapping, raises :class:`ConfigError` naming
+        the entry, and nothing is charged (the estimate stays). An actual cost above the
+        estimate may put a bucket into debt (even beyond its burst): the next admissions
+        wait until it is repaid. Adjust before releasing the lease: an idle bucket may be
+        dropped.
         """
-        now = self._limiter.clock.now()
-        for name, value in actual.items():
-            if value < 0:
-                raise ValueError(f"actual cost {name!r} must be >= 0, got {value!r}")
+        given: Any = actual  # (untyped: compiled code would trust the declared float values)
+        if not isinstance(given, Mapping):
+            raise ConfigError(
+                f"actual cost{_of(self.info)} must be a mapping of cost names to numbers, "
+                f"got {type(given).__name__}"
+            )
+        for name, value in given.items():
+            kind = type(value)
+            if (kind is not float and kind is not int) or not 0.0 <= value <= _MAX_FLOAT:
+                raise ConfigError(
+                    f"actual cost {name!r}{_of(self.info)} must be a finite number >= 0, got "
+                    f"{kind.__name__} {repr(value)[:60]}"
+                )
         demands = list(self.demands)
-        changed = False
-        for i, (resource, amount) in enumerate(demands):
-            if isinstance(resource, TokenBucket) and resource.dimension in actual:
-                new_amount = float(actual[resource.dimension])
-                resource.charge(new_amount - amount, now)
-                demands[i] = (resource, new_amount)
-                changed = True
-        if changed:
+        charges: list[tuple[int, TokenBucket, float]] = []
+        for i, (resource, _) in enumerate(demands):
+            if isinstance(resource, TokenBucket) and resource.dimension in given:
+                charges.append((i, resource, float(given[resource.dimension])))
+        now = self._limiter.clock.now()
+        for i, bucket, new_amount in charges:
+            bucket.charge(new_amount - demands[i][1], now)
+            demands[i] = (bucket, new_amount)
+        if charges:
             self.demands = demands
             self._limiter._dispatch()  # a charge or refund changes no capacity
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .admission import AdmissionPolicy
-from .clock import Clock, TimerHandle, as_clock
+from .clock import Clock, as_clock
 from .dispatch import GRANTED
 from .errors import WouldBlock
 from .lease import Lease, LimiterListener
@@ -65,17 +65,22 @@ class Limiter(Queueing):
         clock: Clock | Callable[[], float] | None = None,
         listener: LimiterListener | None = None,
     ) -> None:
+        # Each attribute is declared (slot and annotation) in exactly one class of the
+        # hierarchy Dispatcher -> Queueing -> Limiter, and assigned here without annotation:
+        # mypyc builds a class's GC traverse from the attributes of every class in its MRO,
+        # so a re-declaration here would be visited twice, and the collector would then
+        # clear live objects (e.g. a loop timer) as garbage. tests/primitives/test_gc_safety.
         self._name = name
-        self._ordering: Ordering = ordering if ordering is not None else FifoOrdering()
+        self._ordering = ordering if ordering is not None else FifoOrdering()
         self._admission = admission if admission is not None else AdmissionPolicy()
         self._clock = as_clock(clock)
         self._now = self._clock.now
-        self._listener: LimiterListener | None = None
+        self._listener = None
         self._immediate_events = False
         self.listener = listener
         self._seq = itertools.count()
-        self._deadlines: list[tuple[float, int, Waiter]] = []  # heap; stale entries skipped
-        self._timer: TimerHandle | None = None
+        self._deadlines = []  # heap of (deadline, seq, waiter); stale entries skipped
+        self._timer = None
         self._timer_at = math.inf  # due time of _timer; inf when no timer
         self._dispatching = False
         self._closed = False
@@ -83,7 +88,7 @@ class Limiter(Queueing):
         self._waiting = 0  # invariant: == len(self._ordering), read on the hot path
         self._admitted = 0
         self._cancelled = 0
-        self._rejected: dict[str, int] = {}
+        self._rejected = {}
         self._waits = WaitRecorder()
         self._record_wait = self._waits.add
 
@@ -135,7 +140,8 @@ class Limiter(Queueing):
         """Grant at once or refuse; never waits.
 
         Refuses (a falsy :class:`Lease` with ``retry_after``) when any demand is unavailable
-        *or anyone is already waiting* — nowait callers never jump the queue.
+        *or anyone is already waiting* — nowait callers never jump the queue. A negative or
+        NaN amount raises :class:`ConfigError`.
         """
         if self._closed:
             return Lease(self, demands, 0.0, 0.0, info, error=self._closed_error())
@@ -143,6 +149,7 @@ class Limiter(Queueing):
         lease = self.take(demands, now, info)
         if lease is not None:
             return lease
+        self._check_values(demands, 0.0, None, None)  # a bad amount raises ConfigError
         retry = 0.0
         for resource, amount in demands:
             if not resource.available(amount, now):
@@ -181,8 +188,11 @@ class Limiter(Queueing):
         :param priority: higher is more urgent (used by priority orderings).
         :param tenant: the fair-share owner (used by fair orderings).
         :param cost: fair-share cost charged to the tenant when granted.
-        :param deadline: absolute time (on this limiter's clock) by which the call must start.
+        :param deadline: absolute time (on this limiter's clock) by which the call must start;
+            once passed, the call is refused even where capacity is free.
         :param timeout: seconds the call may wait; combined with ``deadline`` (earliest wins).
+        :raises ConfigError: an amount or ``cost`` is negative, NaN or infinite (``inf``
+            amounts: ``CostTooLarge``), or ``deadline`` / ``timeout`` is NaN.
         :raises CostTooLarge: a demand exceeds what its resource can ever grant.
         :raises DeadlineUnmeetable: the deadline has passed or the estimated wait exceeds it.
         :raises QueueFull: a queue bound is reached and shedding refused this call.
@@ -195,9 +205,11 @@ class Limiter(Queueing):
         ``CancelledError`` propagates. Either way the next waiter is considered immediately.
         """
         now = self._now()
-        lease = self.take(demands, now, info)
-        if lease is not None:
-            return lease
+        if (deadline is None or deadline >= now) and (timeout is None or timeout >= 0):
+            lease = self.take(demands, now, info)
+            if lease is not None:
+                return lease
+        # (a passed deadline is refused by _enqueue even where capacity is free)
         # the wait happens in this frame (no inner coroutine): a queued call costs one frame
         # (few locals here: each costs every queued call 8 bytes of frame)
         waiter = self._enqueue(demands, priority, tenant, cost, deadline, timeout, info, now)
@@ -247,10 +259,13 @@ class Limiter(Queueing):
         if self._waiting or self._closed:
             return None
         for taken, (resource, amount) in enumerate(demands):
-            if not resource.try_take(amount, now):
+            # (a negative or NaN amount is never taken: the queue refuses it, ConfigError)
+            if not amount >= 0.0 or not resource.try_take(amount, now):
                 for undo, undo_amount in demands[:taken]:  # all or nothing
                     undo.refund(undo_amount, now)
+                    undo.holders -= 1
                 return None
+            resource.holders += 1
         self._admitted += 1
         self._in_flight += 1
         self._record_wait(0.0)
@@ -309,6 +324,7 @@ class Limiter(Queueing):
                 resource.refund(amount, now)
             else:
                 resource.release(amount, now, held)
+            resource.holders -= 1
         self._in_flight -= 1
         if self._immediate_events or (self._listener is not None and lease.queued):
             self._listener.on_released(lease.info, held)  # type: ignore[union-attr]

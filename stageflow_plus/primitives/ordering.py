@@ -12,7 +12,11 @@ share across tenants:
 * **Weighted fair share.** Within a level, tenants are served by start-time fair queuing:
   each tenant carries a virtual time advanced by ``cost / weight`` per granted call, and the
   tenant with the smallest virtual time goes next; a tenant returning from idle starts at the
-  system's virtual time, so idling banks no credit. Within a tenant, arrival order.
+  system's virtual time, so idling banks no credit. Within a tenant, arrival order. A
+  tenant is forgotten as soon as it has no waiter and owes nothing (its virtual time is not
+  ahead of the system's); one that owes (at most its last call's ``cost / weight``) is
+  remembered among the :data:`IDLE_TENANTS` most recently idle ones, so the memory for
+  tenants stays bounded whatever their number.
 
 Protocol used by the limiter (all synchronous; the limiter never awaits while dispatching):
 ``push`` adds, ``pop`` hands out the best waiter (temporarily out of selection), ``restore``
@@ -25,7 +29,7 @@ waiter leaving. Removal on cancel is O(1): entries are dropped lazily.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
@@ -34,7 +38,10 @@ from mypy_extensions import mypyc_attr
 from .errors import ConfigError
 from .waiter import WAITING, Waiter
 
-__all__ = ["FifoOrdering", "Ordering", "PriorityFairOrdering"]
+__all__ = ["IDLE_TENANTS", "FifoOrdering", "Ordering", "PriorityFairOrdering"]
+
+IDLE_TENANTS = 1024
+"""How many idle tenants that still owe fair share :class:`PriorityFairOrdering` remembers."""
 
 
 class Ordering(Protocol):
@@ -144,7 +151,16 @@ class PriorityFairOrdering:
     :param default_weight: the weight of tenants not named in ``weights``.
     """
 
-    __slots__ = ("_aging", "_default_weight", "_levels", "_live", "_tenants", "_vtime", "_weights")
+    __slots__ = (
+        "_aging",
+        "_default_weight",
+        "_idle",
+        "_levels",
+        "_live",
+        "_tenants",
+        "_vtime",
+        "_weights",
+    )
 
     def __init__(
         self,
@@ -169,7 +185,10 @@ class PriorityFairOrdering:
         self._weights = weights
         self._default_weight = float(default_weight)
         self._levels: dict[int, _Level] = {}
+        # tenants with waiters, plus idle ones still owing (their vtime ahead of _vtime)
         self._tenants: dict[str, _Tenant] = {}
+        # the owing idle tenants, least recently idle first; at most IDLE_TENANTS of them
+        self._idle: OrderedDict[str, None] = OrderedDict()
         self._vtime = 0.0  # system virtual time: start tag of the last granted call
         self._live = 0
 
@@ -195,6 +214,7 @@ class PriorityFairOrdering:
             )
         elif tenant.live == 0:
             tenant.vtime = max(tenant.vtime, self._vtime)  # no credit banked while idle
+            self._idle.pop(waiter.tenant, None)
         tenant.live += 1
         level.arrivals.append(waiter)
         queue = level.tenants.get(waiter.tenant)
@@ -269,8 +289,15 @@ class PriorityFairOrdering:
 
     def _forget(self, waiter: Waiter, tenant: _Tenant, *, popped: bool) -> None:
         tenant.live -= 1
-        if tenant.live == 0 and tenant.vtime <= self._vtime and len(self._tenants) > 256:
-            del self._tenants[waiter.tenant]  # nothing owed either way: forget the tenant
+        if tenant.live == 0:
+            if tenant.vtime <= self._vtime:
+                del self._tenants[waiter.tenant]  # nothing owed either way: forget it
+            else:  # it owes (ahead of the system's virtual time): remembered, bounded
+                idle = self._idle
+                idle[waiter.tenant] = None
+                if len(idle) > IDLE_TENANTS:
+                    oldest, _ = idle.popitem(last=False)
+                    del self._tenants[oldest]  # its debt (< one call's cost) is forgiven
         level = self._levels[waiter.priority]
         level.live -= 1
         if not popped:

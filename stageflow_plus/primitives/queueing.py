@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from .admission import AdmissionPolicy, Shedding
 from .dispatch import Dispatcher
-from .errors import CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
+from .errors import ConfigError, CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
 from .resources import Resource
-from .waiter import Demand, Waiter
+from .waiter import WAITING, Demand, Waiter
 
 __all__ = ["Queueing"]
 
@@ -50,6 +51,7 @@ class Queueing(Dispatcher):
         """Queue a call (or refuse it), then dispatch as far as its arrival requires."""
         if self._closed:
             raise self._refuse(self._closed_error(), info)
+        self._check_values(demands, cost, deadline, timeout)
         depth = self._waiting
         for resource, amount in demands:
             if amount < resource.unit and resource.unit >= 1:
@@ -99,7 +101,14 @@ class Queueing(Dispatcher):
             resource.queued += 1
             resource.queued_amount += amount
         if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, waiter.seq, waiter))
+            deadlines = self._deadlines
+            if len(deadlines) > 2 * self._waiting + 64:
+                # entries of waiters gone (granted, left) are skipped lazily at the top; drop
+                # them once they outnumber the live ones, so a granted call's waiter (its
+                # lease, its call) is not kept until its deadline: O(1) amortised
+                deadlines = self._deadlines = [e for e in deadlines if e[2].state is WAITING]
+                heapq.heapify(deadlines)
+            heapq.heappush(deadlines, (deadline, waiter.seq, waiter))
         if self._listener is not None:
             # not depth + 1: shedding may have evicted a waiter since depth was read
             self._listener.on_queued(info, self._waiting)
@@ -108,6 +117,30 @@ class Queueing(Dispatcher):
         else:
             self._dispatch_for(waiter, now)
         return waiter
+
+    def _check_values(
+        self, demands: Sequence[Demand], cost: float, deadline: float | None,
+        timeout: float | None,
+    ) -> None:
+        """The last line of defence against values no limit can work with (the chain
+        validates a call's fields when it is built): a NaN amount neither fits nor fails, so
+        a bucket's timer would re-arm for "now" forever; a negative one would add capacity;
+        a NaN or infinite fair-share cost, or a NaN deadline, breaks the queue's order."""
+        for resource, amount in demands:
+            if not amount >= 0.0:
+                raise ConfigError(
+                    f"{self._name}: a call asks {amount!r} of {resource.key!r}; amounts must "
+                    "be numbers >= 0"
+                )
+        if not 0.0 <= cost < math.inf:
+            raise ConfigError(
+                f"{self._name}: a call's fair-share cost must be a finite number >= 0, "
+                f"got {cost!r}"
+            )
+        if deadline is not None and deadline != deadline:
+            raise ConfigError(f"{self._name}: a call's deadline is NaN")
+        if timeout is not None and timeout != timeout:
+            raise ConfigError(f"{self._name}: a call's timeout is NaN")
 
     def _check_deadline(
         self, demands: Sequence[Demand], deadline: float, info: Any, now: float

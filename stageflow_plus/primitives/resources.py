@@ -31,11 +31,13 @@ _EPSILON = 1e-9
 class Resource:
     """What a :class:`~stageflow_plus.primitives.limiter.Limiter` needs from a capacity.
 
-    Subclasses keep ``queued`` (waiters needing this resource) and ``queued_amount`` (their
-    total demand) up to date through the limiter; they implement the arithmetic.
+    The limiter keeps ``queued`` (waiters needing this resource), ``queued_amount`` (their
+    total demand) and ``holders`` (granted leases not yet released that include it) up to
+    date; subclasses implement the arithmetic. A resource with no holder and nobody queued
+    is idle: its owner may drop it (see :mod:`~stageflow_plus.primitives.idle`).
     """
 
-    __slots__ = ("key", "queued", "queued_amount")
+    __slots__ = ("holders", "key", "queued", "queued_amount")
 
     #: the smallest amount a waiter can need: a resource that cannot grant it grants nobody
     unit: ClassVar[float] = 1e-9  # (a ClassVar: compiled code then sees subclasses' values)
@@ -44,6 +46,7 @@ class Resource:
         self.key = key
         self.queued = 0  # invariant: number of queued waiters whose demands include self
         self.queued_amount = 0.0  # invariant: sum of those waiters' amounts on self
+        self.holders = 0  # invariant: granted, unreleased leases whose demands include self
 
     def max_amount(self) -> float:
         """The largest amount this resource can ever grant at once."""
@@ -211,7 +214,19 @@ class TokenBucket(Resource):
 
     def ready_at(self, amount: float, now: float) -> float:
         self._refill(now)
-        refill_at = now + max(0.0, amount - self.tokens) / self.rate
+        deficit = amount - self.tokens
+        if deficit <= 0.0:
+            return max(now, self.paused_until)
+        refill_at = now + deficit / self.rate
+        for _ in range(4):
+            # rounding ``now + deficit / rate`` at a large clock value can land before the
+            # refill completes (at 1e5 s and 1000/s, 0.5 tokens come 5e-9 short), and a tiny
+            # deficit then gives ``now`` itself: the limiter's timer would fire, find the
+            # bucket still short, and re-arm for the same instant — forever on a virtual
+            # clock. The next representable time after that is always enough.
+            if (refill_at - now) * self.rate + _EPSILON >= deficit:
+                break
+            refill_at = math.nextafter(refill_at, math.inf)
         return max(refill_at, self.paused_until)
 
     def release(self, amount: float, now: float, held_for: float) -> None:

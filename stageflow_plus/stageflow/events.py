@@ -2,8 +2,10 @@
 
 Types: ``tool.queued`` (a call had to wait), ``tool.rejected`` (refused by a limiter, with
 reason, key, queue depth and retry_after), ``tool.throttled`` (a provider's Retry-After
-paused a key for every caller). They go to ``stageflow.events.get_event_sink()`` of the
-calling context, with ``try_emit`` (never blocks the call).
+paused a key for every caller), ``tool.observer_error`` (an interceptor's after-call hook
+raised, e.g. a failing ``actual_cost``; the tool's outcome was kept). They go to
+``stageflow.events.get_event_sink()`` of the calling context, with ``try_emit`` (never
+blocks the call).
 
 .. versionadded:: 0.1.0
 """
@@ -21,7 +23,8 @@ __all__ = ["StageflowEventListener"]
 
 
 class StageflowEventListener:
-    """Emits ``tool.queued`` / ``tool.rejected`` / ``tool.throttled`` to the event sink."""
+    """Emits ``tool.queued`` / ``tool.rejected`` / ``tool.throttled`` /
+    ``tool.observer_error`` to the event sink."""
 
     __slots__ = ()
 
@@ -41,6 +44,10 @@ class StageflowEventListener:
 
     def on_paused(self, key: str, retry_after: float) -> None:
         _emit("tool.throttled", {"key": key, "retry_after": retry_after})
+
+    def on_observer_error(self, info: Any, hook: str, error: Exception) -> None:
+        _emit("tool.observer_error",
+              {"hook": hook, "error_type": type(error).__name__, **call_fields(info)})
 
 
 def _emit(event_type: str, data: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from stageflow.tools import AdvancedToolExecutor, ToolExecutor, ToolRegistry
 from stageflow.tools.executor import ToolExecutorResult
 
-from ..interceptors.call import ToolCall
+from ..interceptors.call import ToolCall, check_cost
 from ..interceptors.chain import ToolCallChain
 from .events import StageflowEventListener
 from .scope import current_scope
@@ -41,8 +41,10 @@ __all__ = [
 
 logger = logging.getLogger("stageflow_plus.tools")
 
-CostEstimator = Callable[[str, Mapping[str, Any]], Mapping[str, float]]
-"""``(tool, payload) -> {"tokens": 1200, ...}``: a call's estimated cost per dimension."""
+CostEstimator = Callable[[str, Mapping[str, Any]], Mapping[str, float] | None]
+"""``(tool, payload) -> {"tokens": 1200, ...}``: a call's estimated cost per dimension
+(finite numbers >= 0; ``None`` for no estimate). Anything else refuses the call with
+``ConfigError``; an exception it raises propagates (the call does not run)."""
 
 
 def _field(ctx: Any, name: str) -> Any:
@@ -65,6 +67,10 @@ def build_call(
     (``pipeline_run_id``; ``org_id`` as tenant). The cost is the scope's default estimate
     overlaid with ``cost_of``'s. With ``now`` (the chain's clock), the scope's ``max_wait``
     tightens the deadline to ``now + max_wait``.
+
+    :raises ConfigError: ``cost_of`` returned something other than a mapping of finite
+        numbers >= 0 (or ``None``), the scope's ``cost`` is not such a mapping, or a field
+        of the call is invalid (see :class:`ToolCall`).
     """
     payload = getattr(action, "payload", None) or {}
     tool = str(action.type)
@@ -77,11 +83,16 @@ def build_call(
     if tenant is None:
         org = _field(ctx, "org_id")
         tenant = str(org) if org is not None else "default"
-    cost: Mapping[str, float] = cost_of(tool, payload) if cost_of is not None else {}
+    cost: Mapping[str, float] = {}
+    if cost_of is not None:
+        estimate = cost_of(tool, payload)
+        cost = {} if estimate is None else check_cost(estimate, "cost_of()", f" for tool {tool!r}")
     deadline = None
     if scope is not None:
-        if scope.cost:
-            cost = {**scope.cost, **cost}
+        # (a per-run default; a scope may be set by anyone: checked like cost_of's estimate)
+        default = check_cost(scope.cost, "CallScope.cost", f" for tool {tool!r}")
+        if default:
+            cost = {**default, **cost}
         deadline = scope.deadline
         if scope.max_wait is not None and now is not None:
             bound = now + scope.max_wait

@@ -284,7 +284,8 @@ async def test_cancelled_and_failing_calls_give_permits_back() -> None:
 
 
 async def test_an_observer_that_raises_leaks_no_permit() -> None:
-    """actual_cost raising after a successful call: the error surfaces, the permit is back."""
+    """actual_cost raising after a successful call: the result is kept, the permit is back
+    (tests/interceptors/test_observer_errors.py pins the report)."""
     rate = TokenBucketRateLimiter(Rate(100, per=1), actual_cost=lambda result: result["usage"])
     chain = ToolCallChain([rate, ConcurrencyLimiter(1)], clock=ManualClock())
 
@@ -292,8 +293,7 @@ async def test_an_observer_that_raises_leaks_no_permit() -> None:
         return {}
 
     for _ in range(3):  # with a leaked permit the second call would wait forever
-        with pytest.raises(KeyError):
-            await asyncio.wait_for(chain.run(ToolCall(tool="llm"), no_usage), 1.0)
+        assert await asyncio.wait_for(chain.run(ToolCall(tool="llm"), no_usage), 1.0) == {}
     stats = chain.statistics()
     assert stats is not None and stats.in_flight == 0
     assert all(p.in_use == 0 for p in stats.pools)

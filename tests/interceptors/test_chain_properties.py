@@ -4,7 +4,9 @@ Hypothesis draws calls over tools and tenants with random priorities and deadlin
 cancellations of waiting and running calls, normal ends and failures, ``set_limit`` resizes
 up and down, clock jumps, and a small bounded queue under each shedding policy. The chain
 runs them on one event loop with a :class:`ManualClock`; after every settled step and at the
-end the chain's state is checked against the test's own bookkeeping.
+end the chain's state is checked against the test's own bookkeeping. The collector runs
+aggressively throughout (low thresholds, random generations collected between steps while
+dropped chains leave timers pending on the loop).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+from gc_pressure import collect, orphan_timer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,6 +122,7 @@ ops = st.one_of(
         st.integers(1, 3),
     ),
     st.tuples(st.just("advance"), st.sampled_from([0.0, 0.2, 0.5, 1.0, 3.0])),
+    st.tuples(st.just("gc"), st.integers(0, 1), st.booleans()),  # collect; orphan a chain
 )
 schedules = st.lists(st.tuples(ops, st.booleans()), min_size=10, max_size=50)
 configs = st.fixed_dictionaries(
@@ -270,6 +275,10 @@ async def scenario(config: dict[str, Any], schedule: list[tuple[Any, bool]]) -> 
                 conc.set_limit(partition, limit, key=None if partition == "global" else key)
         elif kind == "advance":
             clock.advance(op[1])
+        elif kind == "gc":
+            if op[2]:
+                await orphan_chain()
+            collect(op[1])
         if settle_after:
             await settle()
             check(world)
@@ -305,8 +314,26 @@ async def scenario(config: dict[str, Any], schedule: list[tuple[Any, bool]]) -> 
         assert call.outcome in ("admitted", "rejected", "cancelled"), call
         assert call.admitted == (call.outcome == "admitted")
         assert call.released == call.admitted
+    collect(1)
 
 
+async def orphan_chain() -> None:
+    """Drop a chain (on the loop's clock) whose limiter still has a timer on the loop."""
+    chain = ToolCallChain(
+        [TokenBucketRateLimiter(Rate(1, per=3600, start_full=False), key="global")]
+    )
+
+    async def never(call: ToolCall) -> None:
+        raise AssertionError("an empty bucket admitted a call")
+
+    task = asyncio.ensure_future(chain.run(ToolCall("orphan"), never))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    orphan_timer()
+
+
+@pytest.mark.usefixtures("aggressive_gc")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, schedule=schedules)
 def test_random_schedules_through_the_chain_keep_invariants(

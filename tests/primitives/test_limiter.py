@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -23,11 +23,12 @@ from stageflow_plus.primitives import (
     Rate,
     Rejected,
     Shedding,
+    TimerHandle,
     TokenBucket,
     WaitTimeout,
     WouldBlock,
 )
-from stageflow_plus.testing import settle
+from stageflow_plus.testing import drive, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -464,3 +465,36 @@ async def test_released_event_for_a_queued_call_granted_without_measurable_wait(
     first.release()  # same instant: "second" is granted with wait 0.0
     (await second).release()
     assert events == ["queued second", "admitted second", "released second"]
+
+
+class CountingManualClock(ManualClock):
+    """A manual clock that counts the timers armed on it."""
+
+    __slots__ = ("armed",)
+
+    def __init__(self, start: float) -> None:
+        super().__init__(start)
+        self.armed = 0
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        self.armed += 1
+        if self.armed > 100:
+            raise RuntimeError(f"timer re-armed for {when!r} at {self.now()!r}, 100 times")
+        return super().call_at(when, callback)
+
+
+@pytest.mark.parametrize("deficit", [3e-9, 0.5])
+async def test_a_waiter_on_a_large_clock_value_is_woken_once_not_forever(
+    deficit: float,
+) -> None:
+    """At 1e5 s (a day of uptime on the loop's monotonic clock) a bucket's refill time
+    rounded to before the refill completed, or to ``now`` itself: the timer fired, found the
+    bucket short and re-armed for the same instant, forever on a manual clock."""
+    clock = CountingManualClock(1e5)
+    limiter = Limiter(clock=clock)
+    bucket = TokenBucket("b", Rate(1000, per=1, burst=10), clock.now())
+    bucket.tokens = 1.0 - deficit
+    task = spawn(limiter, [(bucket, 1.0)])
+    await drive(clock, [task], max_steps=10)
+    (await task).release()
+    assert clock.armed <= 2

@@ -6,6 +6,10 @@ calls; normal ends, exceptions, double releases, ``release_unused`` and ``adjust
 changes up and down; clock jumps — and runs it on one event loop with a :class:`ManualClock`.
 After every step (once the loop has settled) and at the end the invariants are checked
 against the test's own bookkeeping.
+
+The garbage collector runs aggressively throughout (low thresholds, collections of random
+generations between steps) while timers are pending on the loop from dropped limiters: a
+compiled class that misreports its references to the collector shows up here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+from gc_pressure import collect, orphan_timer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -163,6 +169,7 @@ ops = st.one_of(
     st.tuples(st.just("adjust"), st.integers(0, 50), st.sampled_from([0.0, 0.5, 3.0, 6.0])),
     st.tuples(st.just("resize"), st.integers(0, N_POOLS - 1), st.integers(1, 4)),
     st.tuples(st.just("advance"), st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0])),
+    st.tuples(st.just("gc"), st.integers(0, 1), st.booleans()),  # collect; orphan a timer
 )
 schedules = st.lists(st.tuples(ops, st.booleans()), min_size=10, max_size=60)
 
@@ -247,6 +254,9 @@ def check(world: World) -> None:
         mine = [a for c in waiting for r, a in c.demands if r is pool]
         assert pool.queued == len(mine), (pool, mine)
         assert math.isclose(pool.queued_amount, sum(mine), abs_tol=EPS)
+    for resource in (*world.pools, world.bucket):  # what idle-state release relies on
+        holding = sum(1 for c in running for r, _ in c.demands if r is resource)
+        assert resource.holders == holding, (resource, resource.holders, holding)
     bucket_waiting = [a for c in waiting for r, a in c.demands if r is world.bucket]
     assert world.bucket.queued == len(bucket_waiting)
     assert world.bucket.tokens <= world.bucket.burst + EPS
@@ -347,6 +357,10 @@ async def scenario(config: dict[str, Any], schedule: list[tuple[Any, bool]]) -> 
             world.limiter.dispatch()
         elif kind == "advance":
             clock.advance(op[1])
+        elif kind == "gc":
+            if op[2]:
+                orphan_timer()
+            collect(op[1])
         if settle_after:
             await settle()
             check(world)
@@ -385,8 +399,10 @@ async def scenario(config: dict[str, Any], schedule: list[tuple[Any, bool]]) -> 
         assert (call.reason is not None) == (call.outcome == "rejected")
     assert stats.admitted + stats.rejected_total + stats.cancelled == len(world.calls)
     check_bucket_window(bucket)
+    collect(1)
 
 
+@pytest.mark.usefixtures("aggressive_gc")
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, schedule=schedules)
 @example(  # seed: cancelling a waiter that reserved a pool must let the next one in

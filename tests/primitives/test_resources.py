@@ -88,3 +88,24 @@ def test_bucket_never_admits_more_than_burst_plus_rate_t(
         for end, amount in admitted[i:]:
             total += amount
             assert total <= burst + limit * (end - start) + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    now=st.sampled_from([0.0, 1.0, 1e5, 1e7, 1e9]),
+    rate=st.sampled_from([1.0, 1000.0, 1e6]),
+    deficit=st.floats(1e-9, 1.0, exclude_min=True),
+)
+def test_a_blocked_bucket_is_ready_strictly_later_and_then_available(
+    now: float, rate: float, deficit: float
+) -> None:
+    """A deficit too small to move a large clock value (3e-9 tokens at 1000/s at 1e5 s) gave
+    ``ready_at == now``: the limiter's timer re-armed for the same instant forever on a
+    manual or virtual clock."""
+    bucket = TokenBucket("k", Rate(rate, per=1, burst=10), now=now)
+    bucket.tokens = 1.0 - deficit
+    if bucket.available(1.0, now):
+        return  # within the float slack: no wait at all
+    ready = bucket.ready_at(1.0, now)
+    assert ready > now
+    assert bucket.available(1.0, ready)
