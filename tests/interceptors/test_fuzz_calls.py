@@ -171,6 +171,7 @@ def expected_field_names(spec: Spec) -> set[str]:
             )
         ):
             names.add("ToolCall.priority")
+            names.add("CallScope.priority")  # call_scope() checks its fields too
     else:
         checks: dict[str, Callable[[Any], bool]] = {
             "tool": lambda v: isinstance(v, str),
@@ -187,6 +188,8 @@ def expected_field_names(spec: Spec) -> set[str]:
         not isinstance(spec.deadline, (int, float)) or math.isnan(spec.deadline)
     ):
         names.add("ToolCall.deadline")
+        if spec.via_build:
+            names.add("CallScope.deadline")  # refused by call_scope() before any call
     return names
 
 

@@ -25,6 +25,7 @@ from stageflow_plus import (
 )
 from stageflow_plus.interceptors.gate import LimitPart
 from stageflow_plus.interceptors.observe import MultiListener
+from stageflow_plus.llm import default_retry_after
 from stageflow_plus.primitives import Lease, Rejected
 
 pytestmark = pytest.mark.anyio
@@ -160,7 +161,8 @@ async def test_a_listener_that_raises_on_the_report_still_keeps_the_result(
 async def test_a_failing_actual_cost_still_lets_a_retry_after_pause_the_key() -> None:
     """A 429 answer carries no usage: actual_cost fails on it, the pause must still come."""
     clock = ManualClock()
-    rate = TokenBucketRateLimiter(Rate(100), key="global", actual_cost=broken_usage)
+    rate = TokenBucketRateLimiter(Rate(100), key="global", actual_cost=broken_usage,
+                                  retry_after=default_retry_after)  # (off by default)
     chain = ToolCallChain([rate], clock=clock, listener=Events())
 
     async def throttled(call: ToolCall) -> dict[str, Any]:
