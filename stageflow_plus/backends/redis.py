@@ -24,8 +24,9 @@ flushed by a restart). Release is one round trip too, reconciling the actual tok
 
 When Redis cannot be reached the backend applies its policy: ``"fail_open"`` (the call
 proceeds with only the local limits — the local gate is the fallback limiter) or
-``"fail_closed"`` (:class:`BackendUnavailable`). Either way a structlog event
-``redis_limits.unavailable`` is logged and counted in :meth:`RedisBackend.statistics`;
+``"fail_closed"`` (:class:`BackendUnavailable`). Either way a WARNING (logger
+``stageflow_plus.redis``, ``limiter_event="redis_limits.unavailable"``) is logged and
+counted in :meth:`RedisBackend.statistics`;
 after a failure the backend does not try Redis again for ``recheck_s`` (no call waits on
 a dead server). Every Redis command is bounded by ``op_timeout``.
 
@@ -51,11 +52,11 @@ from importlib import resources
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from .._logging import get_logger
 from ..interceptors.call import ToolCall, ToolCallInterceptor
 from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import TokenBucketRateLimiter
@@ -69,7 +70,7 @@ from .records import GlobalBucket, Grant, RedisStatistics
 __all__ = ["GlobalBucket", "Grant", "RedisBackend", "RedisLease", "RedisStatistics"]
 
 Policy = Literal["fail_open", "fail_closed"]
-_log = structlog.get_logger("stageflow_plus")
+_log = get_logger("redis")
 
 
 def _script(name: str) -> str:
@@ -226,7 +227,7 @@ class RedisBackend:
         late is better than one stranded until its TTL)."""
         if not force and not self.available:
             raise BackendUnavailable(
-                f"Redis at {self.url} is unavailable (retrying in "
+                f"Redis at {_safe_url(self.url)} is unavailable (retrying in "
                 f"{self._down_until - time.monotonic():.2f} s)", limiter="redis")
         self._counts["round_trips"] += 1
         try:
@@ -240,10 +241,14 @@ class RedisBackend:
                 # at once, so the next attempt after recheck_s starts on fresh ones
                 with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
                     await self.client.connection_pool.disconnect(inuse_connections=False)
-            _log.warning("redis_limits.unavailable", url=self.url, policy=self.policy,
-                         error=f"{type(exc).__name__}: {exc}")
+            _log.warning("stageflow-plus: Redis at %s is unavailable (%s: %s); %s for %.1fs",
+                         _safe_url(self.url), type(exc).__name__, exc, self.policy,
+                         self.recheck_s,
+                         extra={"limiter_event": "redis_limits.unavailable",
+                                "url": _safe_url(self.url),
+                                "policy": self.policy, "error": f"{type(exc).__name__}: {exc}"})
             raise BackendUnavailable(
-                f"Redis at {self.url} is unavailable: {type(exc).__name__}: {exc}",
+                f"Redis at {_safe_url(self.url)} is unavailable: {type(exc).__name__}: {exc}",
                 limiter="redis",
             ) from exc
 
@@ -366,8 +371,10 @@ class RedisBackend:
                 member = members[int(index) - 1]
                 if self._held.pop(member, None) is not None:  # counted once, not re-extended
                     self._counts["lost_leases"] += 1
-                    _log.warning("redis_limits.lease_lost", key=_text(keys[int(index) - 1]),
-                                 member=member)
+                    _log.warning("stageflow-plus: Redis lease %s on %s was lost (expired)",
+                                 member, _text(keys[int(index) - 1]),
+                                 extra={"limiter_event": "redis_limits.lease_lost",
+                                        "key": _text(keys[int(index) - 1]), "member": member})
 
     def limits(
         self,

@@ -173,9 +173,7 @@ async def _hammer(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(cfg: dict[str, Any]) -> int:
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("stageflow_plus").setLevel(logging.ERROR)
     job = _hammer if cfg["mode"] == "hammer" else _load
     print(json.dumps(asyncio.run(job(cfg))), flush=True)
     return 0

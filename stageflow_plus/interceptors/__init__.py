@@ -10,7 +10,9 @@ from .call import Proceed, ToolCall, ToolCallInterceptor
 from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
 from .gate import AdmissionGate, LimitPart
-from .observe import MultiListener, StructlogListener
+from .limit import CallHandle, LimitedBlock
+from .limited import limited
+from .observe import LoggingListener, MultiListener, StructlogListener, notify_limit_changed
 from .priority import PriorityFairQueue
 from .provider_feedback import (
     ProviderSettings,
@@ -28,8 +30,11 @@ __all__ = [
     "AdmissionGate",
     "Backpressure",
     "BreakerState",
+    "CallHandle",
     "ConcurrencyLimiter",
     "LimitPart",
+    "LimitedBlock",
+    "LoggingListener",
     "MultiListener",
     "Partition",
     "PriorityFairQueue",
@@ -45,6 +50,8 @@ __all__ = [
     "default_headers_of",
     "default_is_failure",
     "default_retry_after",
+    "limited",
     "limits_from_provider",
+    "notify_limit_changed",
     "parse_duration",
 ]

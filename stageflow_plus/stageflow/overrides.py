@@ -25,19 +25,20 @@ value beyond a ceiling is **clamped to the ceiling** (and logged as
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-import structlog
-
+from .._logging import LogDigest, get_logger, stdlib_emit
 from ..primitives.errors import ConfigError
 
 __all__ = ["OVERRIDE_KEYS", "Ceilings", "OverrideError", "RunOverrides", "read_overrides"]
 
-log = structlog.get_logger("stageflow_plus")
+log = get_logger("overrides")
+_clamps = LogDigest(stdlib_emit(log))  # one line per override key per 10 s
 
 OVERRIDE_KEYS = (
     "_priority",
@@ -146,7 +147,11 @@ def read_overrides(
                 f"ctx.data[{key!r}] = {value!r} exceeds the operator's ceiling {ceiling!r}"
             )
         clamped.append(key)
-        log.warning("stageflow_plus.override_clamped", key=key, asked=value, ceiling=ceiling)
+        _clamps.note(
+            logging.WARNING, key, "clamped", what="overrides clamped", event="override.clamps",
+            first=lambda: ("override.clamped", f"stageflow-plus: ctx.data[{key!r}] = {value!r} "
+                           f"exceeds the operator's ceiling {ceiling!r}: clamped to it",
+                           {"key": key, "asked": value, "ceiling": ceiling}))
         return ceiling
 
     tenant = data.get("_tenant", default_tenant)
