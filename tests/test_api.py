@@ -11,6 +11,7 @@ import pytest
 import stageflow_plus
 
 PACKAGES = ["stageflow_plus", "stageflow_plus.primitives", "stageflow_plus.interceptors",
+            "stageflow_plus.metrics",
             "stageflow_plus.stageflow", "stageflow_plus.backends", "stageflow_plus.bench"]
 
 
