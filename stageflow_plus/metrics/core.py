@@ -34,6 +34,7 @@ __all__ = [
     "ChainSnapshot",
     "LabelBudget",
     "MetricsRecorder",
+    "add_recorder",
     "key_label",
     "on_loop",
 ]
@@ -260,6 +261,19 @@ class MetricsRecorder:
             limit_changes=tuple((k, r, n) for (k, r), n in sorted(self._limit_changes.items())),
             limits=tuple(sorted(self._limits.items())),
         )
+
+
+def add_recorder(chain: Any, recorder: MetricsRecorder, owner: str) -> None:
+    """Add ``recorder`` to ``chain``'s listeners, refusing a chain that has one already
+    (a chain is measured by one metrics object)."""
+    limiter = chain.gate.limiter
+    current = limiter.listener
+    existing = getattr(current, "listeners", (current,))
+    if any(isinstance(x, MetricsRecorder) for x in existing):
+        raise ConfigError(f"{owner}.attach: this chain is measured already (by another "
+                          "PrometheusMetrics or OTelMetrics); attach a chain once")
+    recorder.bind_loop()
+    chain.add_listener(recorder)
 
 
 def on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], T],

@@ -51,6 +51,7 @@ from .core import (
     ChainSnapshot,
     LabelBudget,
     MetricsRecorder,
+    add_recorder,
     key_label,
     on_loop,
 )
@@ -152,8 +153,7 @@ class OTelMetrics:
             raise ConfigError(f"OTelMetrics.attach: a chain named {name!r} is attached "
                               "already; give each chain its own ToolCallChain(name=...)")
         recorder = _OTelRecorder(self, chain, bounds=self._bounds, **self._budgets)
-        recorder.bind_loop()
-        chain.add_listener(recorder)
+        add_recorder(chain, recorder, "OTelMetrics")
         self._recorders.append(recorder)
         return recorder
 

@@ -55,7 +55,14 @@ from prometheus_client.core import (
 
 from .._logging import get_logger
 from ..primitives.errors import ConfigError
-from .core import DEFAULT_WAIT_BUCKETS, ChainSnapshot, LabelBudget, MetricsRecorder, on_loop
+from .core import (
+    DEFAULT_WAIT_BUCKETS,
+    ChainSnapshot,
+    LabelBudget,
+    MetricsRecorder,
+    add_recorder,
+    on_loop,
+)
 
 __all__ = ["PrometheusMetrics"]
 
@@ -112,8 +119,7 @@ class PrometheusMetrics:
             raise ConfigError(f"PrometheusMetrics.attach: a chain named {name!r} is attached "
                               "already; give each chain its own ToolCallChain(name=...)")
         recorder = MetricsRecorder(chain, bounds=self._bounds, **self._budgets)
-        recorder.bind_loop()
-        chain.add_listener(recorder)
+        add_recorder(chain, recorder, "PrometheusMetrics")
         self._recorders.append(recorder)
         return recorder
 

@@ -196,6 +196,8 @@ async def test_two_chains_share_a_collector_and_need_distinct_names(
         metrics.attach(ToolCallChain([ConcurrencyLimiter(1)], name="llm"))
     with pytest.raises(ConfigError, match="no limiter interceptors"):
         metrics.attach(ToolCallChain([]))
+    with pytest.raises(ConfigError, match="measured already"):
+        PrometheusMetrics(None).attach(first)  # a second collector would see no events
 
     async def ok(call: ToolCall) -> str:
         return "ok"
