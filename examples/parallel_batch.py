@@ -10,10 +10,8 @@ Run: python examples/parallel_batch.py
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
-import structlog
 from stageflow.tools import ToolRegistry
 from stageflow.tools.base import BaseTool, ToolInput, ToolOutput
 
@@ -69,6 +67,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    # keep the output to the result: only warnings from the limiter's event log
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run_virtual(main())

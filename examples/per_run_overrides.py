@@ -64,7 +64,7 @@ async def run(data: dict[str, Any], org: uuid.UUID | None = ACME) -> tuple[int, 
         async def execute(self, ctx: Any) -> StageOutput:
             outs = await asyncio.gather(*(registry.execute(SimpleAction("WORK"), {})
                                           for _ in range(12)))
-            return StageOutput.ok(data=outs[0].data)
+            return StageOutput.ok(data=outs[0].data if outs[0] is not None else None)
 
     graph = Pipeline().with_stage("fan_out", FanOut, StageKind.WORK).build(
         interceptors=plus.interceptors)

@@ -114,9 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   progress=not args.no_progress and sys.stderr.isatty())
         return 0
     except ModuleNotFoundError as error:
-        if error.name in {"httpx", "aiohttp", "matplotlib", "redis"}:
-            print(f"stageflow-plus: {error.name} is missing; install the extras: "
-                  "pip install 'stageflow-plus[bench,redis]'", file=sys.stderr)
+        extra = {"httpx": "bench", "aiohttp": "bench", "aiolimiter": "bench",
+                 "matplotlib": "plot", "redis": "redis"}.get(error.name or "")
+        if extra is not None:
+            print(f"stageflow-plus: {error.name} is missing; install the extra: "
+                  f"pip install 'stageflow-plus[{extra}]'", file=sys.stderr)
             return 2
         raise
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ import stageflow_plus
 
 PACKAGES = ["stageflow_plus", "stageflow_plus.primitives", "stageflow_plus.interceptors",
             "stageflow_plus.stageflow", "stageflow_plus.backends", "stageflow_plus.bench",
-            "stageflow_plus.llm"]
+            "stageflow_plus.llm", "stageflow_plus.metrics"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

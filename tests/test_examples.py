@@ -23,3 +23,12 @@ def test_example_runs(script: Path) -> None:
                           timeout=120, env=env, cwd=script.parent.parent)
     assert done.returncode == 0, f"{script.name} failed:\n{done.stdout}\n{done.stderr}"
     assert done.stdout.strip(), f"{script.name} printed nothing"
+
+
+def test_the_quickstart_prints_at_most_five_lines() -> None:
+    script = Path(__file__).parent.parent / "examples" / "quickstart.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=script.parent.parent)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert 1 <= len(lines) <= 5, lines

@@ -143,9 +143,7 @@ async def _load(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(cfg: dict[str, Any]) -> int:
-    import structlog
-
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("stageflow_plus").setLevel(logging.ERROR)
     from . import redis_global
 
     jobs = {"load": _load, "fair": redis_global.fair_worker,

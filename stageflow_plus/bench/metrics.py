@@ -26,7 +26,7 @@ from ..primitives.stats import percentiles_of
 from .provider import ProviderLimits
 from .workloads import CallSpec, Workload
 
-__all__ = ["CallRecord", "jain_index", "summarize"]
+__all__ = ["CallRecord", "contended_jain", "jain_index", "summarize"]
 
 STATUSES = ("ok", "http_429", "shed", "error", "timeout")
 
@@ -70,9 +70,17 @@ def jain_index(shares: Sequence[float]) -> float | None:
 
 def _contended_jain(records: Sequence[CallRecord], weights: Mapping[str, float]) -> float | None:
     """Jain over admissions made while every tenant had a call waiting."""
+    return contended_jain(records, weights)[0]
+
+
+def contended_jain(
+    records: Sequence[CallRecord], weights: Mapping[str, float]
+) -> tuple[float | None, int]:
+    """Jain over admissions made while every tenant had a call waiting, and how many such
+    admissions there were (``None`` below 10: nothing to judge)."""
     tenants = sorted({r.spec.tenant for r in records})
     if len(tenants) < 2:
-        return None
+        return None, 0
     events: list[tuple[float, int, str]] = []  # (time, +1 arrive / -1 leave, tenant)
     admissions: list[tuple[float, str]] = []
     for r in records:
@@ -88,6 +96,7 @@ def _contended_jain(records: Sequence[CallRecord], weights: Mapping[str, float])
     admissions.sort()
     waiting = dict.fromkeys(tenants, 0)
     counts = dict.fromkeys(tenants, 0.0)
+    contended = 0
     i = 0
     for at, tenant in admissions:
         while i < len(events) and (events[i][0] < at or (events[i][0] == at and events[i][1] > 0)):
@@ -95,9 +104,10 @@ def _contended_jain(records: Sequence[CallRecord], weights: Mapping[str, float])
             i += 1
         if all(waiting[t] > 0 for t in tenants):
             counts[tenant] += 1.0 / weights.get(tenant, 1.0)
+            contended += 1
     if sum(counts.values()) < 10:
-        return None  # tenants were (almost) never contending: nothing to judge
-    return jain_index(list(counts.values()))
+        return None, contended  # tenants were (almost) never contending: nothing to judge
+    return jain_index(list(counts.values())), contended
 
 
 def aging_bound(aging_interval: float, top: int, low: int, max_queue: int,
@@ -145,6 +155,7 @@ def summarize(
     highest = str(workload.priorities[-1])
     ratio = (p99[highest] / p99[lowest]) if len(p99) > 1 and p99[lowest] > 0 else None
     weights = workload.weights or dict.fromkeys(workload.tenants, 1.0)
+    jain, contended = contended_jain(records, weights)
     attempts = sum(r.attempts for r in records)
     result: dict[str, Any] = {
         "calls": len(records),
@@ -161,7 +172,8 @@ def summarize(
         "wait_p99_ms_by_priority": p99,
         "p99_ratio_highest_to_lowest": None if ratio is None else round(ratio, 4),
         "max_wait_ms_lowest_priority": waits[lowest]["max_ms"] if waits else 0.0,
-        "jain_fairness": _round(_contended_jain(records, weights)),
+        "jain_fairness": _round(jain),
+        "jain_contended_admissions": contended,
         "completed_by_tenant": {
             t: sum(1 for r in completed if r.spec.tenant == t) for t in workload.tenants
         },

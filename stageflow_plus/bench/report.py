@@ -126,8 +126,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("stageflow-plus targets:")
         if result.get("quick") or result.get("demo"):
             lines.append("  (a short run: the provider's initial burst and the ramp-up weigh "
-                         "heavily; `stageflow-plus bench` measures the targets)")
+                         "heavily; `stageflow-plus bench` measures the targets on longer runs)")
         for item in targets.values():
             mark = {True: "met", False: "MISSED", None: "n/a"}[item["met"]]
-            lines.append(f"  [{mark:>6}] {item['target']}: {item['measured']}")
+            note = f" ({item['note']})" if item.get("note") else ""
+            lines.append(f"  [{mark:>6}] {item['target']}: {item['measured']}{note}")
     return "\n".join(lines)

@@ -11,8 +11,10 @@ from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
 from .gate import AdmissionGate, LimitPart
 from .learner import RateLimitHeaderLearner, default_headers_of
+from .limit import CallHandle, LimitedBlock
+from .limited import limited
 from .llm_cost import TokenEstimate
-from .observe import MultiListener, StructlogListener
+from .observe import LoggingListener, MultiListener, StructlogListener, notify_limit_changed
 from .pause import PauseGate, ProviderPause
 from .priority import PriorityFairQueue
 from .provider_feedback import ProviderSettings, limits_from_provider, parse_duration
@@ -28,8 +30,11 @@ __all__ = [
     "AdmissionGate",
     "Backpressure",
     "BreakerState",
+    "CallHandle",
     "ConcurrencyLimiter",
     "LimitPart",
+    "LimitedBlock",
+    "LoggingListener",
     "MultiListener",
     "Partition",
     "PauseGate",
@@ -54,6 +59,8 @@ __all__ = [
     "default_headers_of",
     "default_is_failure",
     "default_retry_after",
+    "limited",
     "limits_from_provider",
+    "notify_limit_changed",
     "parse_duration",
 ]

@@ -23,8 +23,8 @@ provider's Retry-After then pauses the key for every caller, whatever limiters y
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
@@ -34,12 +34,15 @@ from .backpressure import Backpressure
 from .call import Proceed, ToolCall, ToolCallInterceptor
 from .concurrency import ConcurrencyLimiter
 from .gate import AdmissionGate, LimitPart, unenforced_limits
-from .observe import MultiListener, StructlogListener
+from .limit import LimitedBlock, make_call
+from .observe import LoggingListener, MultiListener, StructlogListener
 from .pause import ProviderPause
 from .priority import PriorityFairQueue
 from .rate import TokenBucketRateLimiter
 
 __all__ = ["LIMITER_ORDER", "ToolCallChain"]
+
+T = TypeVar("T")
 
 LIMITER_ORDER: tuple[type[LimitPart], ...] = (
     Backpressure,
@@ -68,7 +71,9 @@ class ToolCallChain:
 
     :param interceptors: the steps, outermost first (see the module docstring for rules).
     :param clock: the clock of the shared limiter (default: the loop's clock).
-    :param listener: limiter events go here (default: :class:`StructlogListener`).
+    :param listener: limiter events go here (default: a
+        :class:`~stageflow_plus.interceptors.observe.LoggingListener` on the chain's clock:
+        stdlib logging, per-call events at DEBUG, refusals aggregated at WARNING).
     :param name: the limiter's name in errors, events and statistics.
     :param provider_pause: add a ``ProviderPause()`` to the admission step when none is
         listed (default ``True``; see the module docstring).
@@ -133,7 +138,7 @@ class ToolCallChain:
                 self.gate = AdmissionGate(
                     parts,  # type: ignore[arg-type]  # all LimitPart by construction
                     clock=clock,
-                    listener=listener if listener is not None else StructlogListener(),
+                    listener=listener if listener is not None else LoggingListener(clock=clock),
                     name=name,
                 )
                 steps.append(self.gate)
@@ -143,9 +148,10 @@ class ToolCallChain:
         self._gate_only = len(steps) == 1 and steps[0] is self.gate
 
     def run(
-        self, call: ToolCall, target: Callable[[ToolCall], Awaitable[Any]]
-    ) -> Coroutine[Any, Any, Any]:
-        """Run ``call`` through every step and finally ``target(call)`` (a coroutine)."""
+        self, call: ToolCall, target: Callable[[ToolCall], Awaitable[T]]
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``call`` through every step and finally ``target(call)`` (a coroutine whose
+        result is ``target``'s, as far as the steps pass it on unchanged)."""
         if self._gate_only:
             # the common case, the admission step alone: its coroutine is the whole run
             return self.gate(call, target)  # type: ignore[misc]
@@ -160,6 +166,61 @@ class ToolCallChain:
         for step in reversed(self.steps):
             proceed = _Next(step, proceed)
         return await proceed(call)
+
+    def limit(
+        self,
+        *,
+        tool: str,
+        tenant: str = "default",
+        priority: int = 0,
+        cost: Mapping[str, float] | None = None,
+        run_id: str | None = None,
+        deadline: float | None = None,
+        timeout: float | None = None,
+    ) -> LimitedBlock:
+        """Limit a block of plain asyncio code: ``async with chain.limit(tool=...) as h:``.
+
+        Entering waits for admission (or raises the typed refusal), the block is the call,
+        leaving releases its permits. The handle (:class:`~stageflow_plus.interceptors.limit.
+        CallHandle`) reports what the provider answered (``h.report(response)``) and the
+        actual cost (``h.adjust({"tokens": n})``). Cancelled while waiting, the call leaves
+        the queue; cancelled inside the block, its permits come back. See
+        :mod:`~stageflow_plus.interceptors.limit`.
+
+        :param tool: the call's tool (its per-tool limits and rate key).
+        :param tenant: the fair-share owner.
+        :param priority: higher is more urgent.
+        :param cost: estimated cost per dimension, e.g. ``{"tokens": 1200}``.
+        :param run_id: the run the call belongs to (per-run limits), if any.
+        :param deadline: absolute time on the chain's clock by which the call must start.
+        :param timeout: seconds the call may wait for admission (with ``deadline``, the
+            earlier wins).
+        :raises ConfigError: an argument is invalid (the message names it).
+
+        .. versionadded:: 0.2.0
+        """
+        return LimitedBlock(self, make_call(
+            self, tool=tool, tenant=tenant, priority=priority, cost=cost, run_id=run_id,
+            deadline=deadline, timeout=timeout,
+        ))
+
+    def set_log_listener(self, listener: LimiterListener) -> None:
+        """Replace the chain's log listener (the default :class:`LoggingListener`, or a
+        :class:`StructlogListener` set before) with ``listener``, keeping every other
+        listener (Stageflow events, metrics). With no log listener, ``listener`` is added.
+
+        .. versionadded:: 0.2.0
+        """
+        if self.gate is None:
+            return
+        limiter = self.gate.limiter
+        current = limiter.listener
+        existing = current.listeners if isinstance(current, MultiListener) else (
+            (current,) if current is not None else ()
+        )
+        kept = [x for x in existing if not isinstance(x, (LoggingListener, StructlogListener))]
+        everyone = [listener, *kept]
+        limiter.listener = everyone[0] if len(everyone) == 1 else MultiListener(everyone)
 
     def add_listener(self, listener: LimiterListener) -> None:
         """Also send limiter events to ``listener`` (once per listener class)."""

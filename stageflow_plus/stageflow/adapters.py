@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from stageflow.pipeline.interceptors import (
     BaseInterceptor,
     CircuitBreakerInterceptor,
@@ -39,6 +40,7 @@ from stageflow.pipeline.interceptors import (
     InterceptorResult,
 )
 
+from .._logging import LogDigest, get_logger, stdlib_emit
 from ..primitives.clock import Clock, as_clock
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
@@ -59,7 +61,13 @@ __all__ = [
     "StageLimitInterceptor",
 ]
 
-log = structlog.get_logger("stageflow_plus")
+log = get_logger("stages")
+
+
+def _refusal_line(stage: str, error: Rejected) -> tuple[str, str, dict[str, Any]]:
+    return ("stage.rejected", f"stageflow-plus: stage {stage!r} refused: {error}",
+            {"stage": stage, **error.to_dict()})
+
 
 PARTIAL_KEY = "_stageflow_plus.partial.{stage}"
 REFUSED_KEY = "_stageflow_plus.refused.{stage}"
@@ -223,6 +231,7 @@ class StageLimitInterceptor(BaseInterceptor):
             clock=clock,
         )
         self._leases: dict[tuple[int, str], tuple[Lease, asyncio.Task[Any] | None, Any]] = {}
+        self._refusals = LogDigest(stdlib_emit(log), clock=clock)  # one line per stage per 10 s
 
     async def before(self, stage_name: str, ctx: Any) -> InterceptorResult | None:
         pool = self._pools.get(stage_name)
@@ -239,7 +248,10 @@ class StageLimitInterceptor(BaseInterceptor):
             )
         except Rejected as error:
             ctx.data[REFUSED_KEY.format(stage=stage_name)] = RefusalRecord(error.to_dict())
-            log.warning("stage.rejected", stage=stage_name, **error.to_dict())
+            self._refusals.note(
+                logging.WARNING, stage_name, error.reason, what="stage runs refused",
+                event="stage.refusals",
+                first=functools.partial(_refusal_line, stage_name, error))
             return InterceptorResult(stage_ran=False, error=f"stageflow-plus: {error}")
         task = asyncio.current_task()
         slot = (id(ctx), stage_name)

@@ -35,6 +35,7 @@ have no ``ctx.data`` key.
 
 from __future__ import annotations
 
+import logging
 import math
 import reprlib
 from collections.abc import Mapping
@@ -42,8 +43,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-import structlog
-
+from .._logging import LogDigest, get_logger, stdlib_emit
 from ..primitives.errors import ConfigError
 from .dimensions import check_dimension
 from .redact import redact_text
@@ -57,7 +57,8 @@ __all__ = [
     "read_overrides",
 ]
 
-log = structlog.get_logger("stageflow_plus")
+log = get_logger("overrides")
+_clamps = LogDigest(stdlib_emit(log))  # one line per override key per 10 s
 
 OVERRIDE_KEYS = (
     "_priority",
@@ -235,7 +236,11 @@ def read_overrides(
             where = f"ctx.data[{top!r}]" + (f"[{dim!r}]" if dim else "")
             raise OverrideError(f"{where} = {value!r} exceeds the operator's ceiling {ceiling!r}")
         clamped.append(key)
-        log.warning("stageflow_plus.override_clamped", key=key, asked=value, ceiling=ceiling)
+        _clamps.note(
+            logging.WARNING, key, "clamped", what="overrides clamped", event="override.clamps",
+            first=lambda: ("override.clamped", f"stageflow-plus: ctx.data[{key!r}] = {value!r} "
+                           f"exceeds the operator's ceiling {ceiling!r}: clamped to it",
+                           {"key": key, "asked": value, "ceiling": ceiling}))
         return ceiling
 
     claimed = data.get("_tenant")

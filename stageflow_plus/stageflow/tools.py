@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from stageflow.tools import AdvancedToolExecutor, ToolExecutor, ToolRegistry
+from stageflow.tools.base import ToolOutput
+from stageflow.tools.definitions import ToolOutput as AdvancedToolOutput
 from stageflow.tools.executor import ToolExecutorResult
 
 from ..interceptors.call import ToolCall, check_cost
 from ..interceptors.chain import ToolCallChain
+from ..primitives.errors import ConfigError
 from .events import StageflowEventListener
 from .scope import current_scope
 
@@ -154,14 +157,17 @@ class LimitedToolRegistry(ToolRegistry):
         self.chain = _attach_events(chain)
         self.cost_of = cost_of
 
-    async def execute(self, action: Any, ctx: dict[str, Any]) -> Any:
+    async def execute(self, action: Any, ctx: dict[str, Any]) -> ToolOutput | None:
+        """Run ``action`` under the chain (the tool's output, or a refusal raised)."""
         if not self.can_execute(action.type):
             return await super().execute(action, ctx)
         call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
         return await self.chain.run(call, self._run_tool)
 
-    async def _run_tool(self, call: ToolCall) -> Any:
-        return _record(call, await ToolRegistry.execute(self, call.action, call.context))
+    async def _run_tool(self, call: ToolCall) -> ToolOutput | None:
+        output = await ToolRegistry.execute(self, call.action, call.context)
+        _record(call, output)
+        return output
 
 
 class LimitedToolExecutor(ToolExecutor):
@@ -219,9 +225,55 @@ class LimitedToolExecutor(ToolExecutor):
 class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
     """``AdvancedToolExecutor`` whose ``execute`` waits for admission first.
 
-    Same constructor arguments as ``AdvancedToolExecutor`` plus ``chain`` and ``cost_of``.
-    Unknown action types raise Stageflow's ``ToolNotFoundError`` without touching a limit.
+    Same constructor arguments as ``AdvancedToolExecutor`` plus ``chain`` and ``cost_of``;
+    or :meth:`wrap` an executor you already have. Unknown action types raise Stageflow's
+    ``ToolNotFoundError`` without touching a limit.
+
+    :ivar wrapped: the executor given to :meth:`wrap` (``None`` for a new one).
     """
+
+    wrapped: AdvancedToolExecutor | None = None
+
+    @classmethod
+    def wrap(
+        cls,
+        executor: AdvancedToolExecutor,
+        chain: ToolCallChain,
+        *,
+        cost_of: CostEstimator | None = None,
+    ) -> LimitedAdvancedToolExecutor:
+        """Limit an existing executor, keeping everything it has.
+
+        The result shares ``executor``'s registered tools, undo store, approval service and
+        config (the same objects: registering, undoing or approving through either is seen
+        by both) and runs each admitted call through ``executor.execute`` itself, so a
+        subclass's behaviour is kept too; ``undo_action`` and any other attribute reach
+        ``executor``. Use it wherever ``executor`` was used.
+
+        :raises ConfigError: ``executor`` is not an ``AdvancedToolExecutor``, or is limited
+            already.
+
+        .. versionadded:: 0.2.0
+        """
+        if isinstance(executor, LimitedAdvancedToolExecutor):
+            raise ConfigError("LimitedAdvancedToolExecutor.wrap: this executor already runs "
+                              "under a chain (wrap the original executor once)")
+        if not isinstance(executor, AdvancedToolExecutor):
+            raise ConfigError("LimitedAdvancedToolExecutor.wrap: expected a Stageflow "
+                              f"AdvancedToolExecutor, got {type(executor).__name__}")
+        limited = cls.__new__(cls)
+        limited.__dict__.update(executor.__dict__)  # the same tools, stores and config objects
+        limited.wrapped = executor
+        limited.chain = _attach_events(chain)
+        limited.cost_of = cost_of
+        return limited
+
+    def __getattr__(self, name: str) -> Any:
+        # only for names not found on this object: a wrapped executor's own extras
+        wrapped = self.__dict__.get("wrapped")
+        if wrapped is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(wrapped, name)
 
     def __init__(
         self,
@@ -234,11 +286,25 @@ class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
         self.chain = _attach_events(chain)
         self.cost_of = cost_of
 
-    async def execute(self, action: Any, ctx: Any) -> Any:
+    async def execute(self, action: Any, ctx: Any) -> AdvancedToolOutput:
+        """Run ``action`` under the chain (the tool's output, or a refusal raised)."""
         if not self.can_execute(action.type):
-            return await super().execute(action, ctx)
+            return await self._execute_unlimited(action, ctx)
         call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
         return await self.chain.run(call, self._run_tool)
 
-    async def _run_tool(self, call: ToolCall) -> Any:
-        return _record(call, await AdvancedToolExecutor.execute(self, call.action, call.context))
+    async def undo_action(self, action_id: Any, ctx: Any) -> bool:
+        """Undo an action (through the wrapped executor when there is one)."""
+        if self.wrapped is not None:
+            return await self.wrapped.undo_action(action_id, ctx)
+        return await super().undo_action(action_id, ctx)
+
+    def _execute_unlimited(self, action: Any, ctx: Any) -> Awaitable[AdvancedToolOutput]:
+        if self.wrapped is not None:
+            return self.wrapped.execute(action, ctx)
+        return AdvancedToolExecutor.execute(self, action, ctx)
+
+    async def _run_tool(self, call: ToolCall) -> AdvancedToolOutput:
+        output = await self._execute_unlimited(call.action, call.context)
+        _record(call, output)
+        return output

@@ -122,7 +122,7 @@ async def test_retry_after_pauses_the_key_for_every_caller() -> None:
         return ToolOutput(success=True, data={})
 
     refused = await chain.run(ToolCall("t", tenant="first"), provider)
-    assert refused.data["retry_after"] == 2.0
+    assert refused.data is not None and refused.data["retry_after"] == 2.0
     others = [asyncio.ensure_future(chain.run(ToolCall("t", tenant=f"t{i}"), provider))
               for i in range(3)]
     await settle()

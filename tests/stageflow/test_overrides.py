@@ -135,9 +135,11 @@ async def test_run_rates_cost_queue_bound_and_max_wait_reach_the_limiters() -> N
         tasks = [asyncio.ensure_future(registry.execute(SimpleAction("ECHO"), {}))
                  for _ in range(6)]
     await drive(clock, tasks)
-    times = [t.result().data["t"] for t in tasks]
+    outputs = [t.result() for t in tasks]
+    times = [o.data["t"] for o in outputs if o is not None and o.data is not None]
     assert times == pytest.approx([0, 0, 0.5, 1.0, 1.5, 2.0])
     other = await registry.execute(SimpleAction("ECHO"), {})  # other runs are not slowed
+    assert other is not None and other.data is not None
     assert other.data["t"] == pytest.approx(2.0)
 
 
@@ -157,7 +159,8 @@ async def test_run_queue_bound_and_max_wait() -> None:
     await drive(clock, [running, queued, impatient])
     with pytest.raises(WaitTimeout):
         impatient.result()
-    assert queued.result().success and probe.max_in_flight == 1
+    done = queued.result()
+    assert done is not None and done.success and probe.max_in_flight == 1
     stats = chain.statistics()
     assert stats is not None and dict(stats.rejected) == {"queue_full": 1, "wait_timeout": 1}
 
