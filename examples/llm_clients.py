@@ -92,7 +92,7 @@ async def main() -> None:
         started = time.monotonic()
         outs = await asyncio.gather(*(chat.execute(SimpleAction("CHAT", request(150)), {})
                                       for _ in range(30)))
-        print(f"1. 30 calls, {sum(o.success for o in outs)} ok, "
+        print(f"1. 30 calls, {sum(o is not None and o.success for o in outs)} ok, "
               f"{sim.counters['http_429']} x 429, {time.monotonic() - started:.1f} s")
         stats = plus.chain.statistics()
         assert stats is not None
@@ -108,14 +108,15 @@ async def main() -> None:
         started = time.monotonic()
         outs = await asyncio.gather(*(chat.execute(SimpleAction("CHAT", request(20)), {})
                                       for _ in range(3)))
-        print(f"2. a scripted 429 (retry-after-ms: 800): {sum(o.success for o in outs)}/3 ok "
+        ok = sum(o is not None and o.success for o in outs)
+        print(f"2. a scripted 429 (retry-after-ms: 800): {ok}/3 ok "
               f"after {time.monotonic() - started:.2f} s, none lost")
 
         # 3. Anthropic: max_tokens reserved, the unused 80 % given back after each answer
         ask = stageflow_plus.build({"llm": {"provider": "anthropic", "tools": ["ASK"],
                                             "output_tpm": 60_000}}, env={}).registry(tools)
         out = await ask.execute(SimpleAction("ASK", request(500)), {})
-        assert out.data is not None
+        assert out is not None and out.data is not None
         usage = out.data["response"].usage
         print(f"3. reserved 500 output tokens, used {usage.output_tokens}: the rest refunded "
               f"(the provider refunded {sim.counters['refunded_tokens']} too)")

@@ -112,6 +112,7 @@ from .stageflow import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LIMITER_ORDER",
     "AdmissionGate",
     "AdmissionPolicy",
     "BackendUnavailable",
@@ -135,7 +136,6 @@ __all__ = [
     "Evicted",
     "FifoOrdering",
     "InvalidRunOverride",
-    "LIMITER_ORDER",
     "Lease",
     "LimitAwareCircuitBreaker",
     "LimitedAdvancedToolExecutor",

@@ -107,8 +107,8 @@ async def test_the_result_is_what_the_steps_observe() -> None:
         return {"retry_after": 4.0}  # the provider said: wait 4 s
 
     await call_api()
-    stats = chain.statistics()
-    assert stats is not None and stats.buckets[0].paused_for == pytest.approx(4.0)
+    assert chain.pause is not None  # the chain's ProviderPause paused "api" for everybody
+    assert chain.pause.paused() == {"api": pytest.approx(4.0)}
 
 
 async def test_bad_per_call_fields_are_refused_by_name() -> None:

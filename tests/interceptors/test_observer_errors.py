@@ -206,7 +206,7 @@ async def test_a_limited_registry_emits_tool_observer_error_on_stageflow_s_sink(
     rate = TokenBucketRateLimiter(Rate(100), actual_cost=broken_usage)
     limited = LimitedToolRegistry(ToolCallChain([rate], clock=ManualClock()), registry)
     output = await limited.execute(SimpleAction("echo"), {})
-    assert output.success and output.data == {"echo": SECRET}
+    assert output is not None and output.success and output.data == {"echo": SECRET}
     [data] = [d for t, d in sink.events if t == "tool.observer_error"]
     assert data["hook"] == "TokenBucketRateLimiter.after_result"
     assert data["error_type"] == "TypeError" and data["tool"] == "echo"
