@@ -1,0 +1,537 @@
+"""The adaptive concurrency policy: calls' round trips and drops in, a concurrency limit out.
+
+Pure arithmetic with no Stageflow import, no clock and no I/O: the caller passes the time
+with every sample (plain numbers in, a limit out), so it is tested with plain numbers and
+run on any clock. :class:`~stageflow_plus.interceptors.adaptive.AdaptiveConcurrency` feeds
+it from the admission gate and applies its limit to a ``ConcurrencyLimiter`` partition.
+
+Per call, :meth:`AdaptiveLimit.sample` only adds to running sums (no allocation); once per
+*window* (at least ``window`` seconds and ``window_rtts`` no-load round trips, and at least
+``min_samples`` samples) the policy decides. With ``R0`` the no-load round trip (the lowest
+window mean since the last probe), ``rtt`` the window's mean round trip, ``inflight`` the
+mean calls in flight at completions and ``L`` the limit:
+
+* **capacity** ``Ĉ = inflight · R0 / rtt`` — the throughput (``inflight / rtt``, Little's
+  law) times the no-load latency: how many calls in flight the provider serves without
+  queueing. ``q = 1 − R0 / rtt`` is the share of the round trip spent queueing (the
+  gradient is ``R0 / rtt``).
+* **drop** (429, 503, a timeout, a ``Retry-After``): ``L ← min(L · drop_backoff, Ĉ ·
+  (1 + headroom))``; no growth for the next window.
+* **queueing** (``q ≥ tolerance``): ``L`` moves to ``Ĉ · (1 + headroom)`` — at once when
+  ``q ≥ cut_above``, else by ``smoothing`` of the way — never up, never below ``L ·
+  (1 − max_decrease)`` in one window.
+* **growth** (``q < tolerance``, no drop, and the limit was *used*: calls in flight reached
+  it): ``L ← L · (1 + growth[k])`` for the ``k``-th window in a row that grew (small steps
+  first, larger while nothing pushes back), by at least one call. An unused limit never grows.
+* **probe**: when a cut bought no lower latency (in-flight fell by ``≥ 10 %`` but the round
+  trip did not — the calls were not queueing, the provider got slower) or every
+  ``probe_interval`` seconds, the limit is pinned to ``probe_fraction`` of the estimated
+  capacity for one window and ``R0`` is re-learned from that window's mean round trip; the
+  limit then returns to where it was.
+* Samples of calls admitted before the last limit change (and drops among them) are left
+  out: they measure the old limit. The limit stays in ``[min_limit, max_limit]``.
+
+.. versionadded:: 0.2.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+from .errors import ConfigError
+
+__all__ = [
+    "REASONS",
+    "AdaptiveLimit",
+    "AdaptiveSettings",
+    "AdaptiveStatistics",
+    "LimitPolicy",
+]
+
+REASONS: tuple[str, ...] = ("drop", "rtt", "grow", "probe", "probe_done", "bounds")
+"""Why a limit changed: a drop; round trips rising (queueing); growth; a probe starting;
+a probe ending (limit restored); the bounds (the limit was clamped into them)."""
+
+# a cut that lowered in-flight this much but not the round trip means "not queueing"
+_STALE_INFLIGHT = 0.8
+# no cut while the limit is within this share above its aim (a dead band against noise)
+_DEADBAND = 0.03
+# throughput is remembered over this many windows (the capacity to grow back to)
+_XMAX_WINDOWS = 8
+# round trips kept per window for its percentile (the last ones when there are more)
+_KEPT = 256
+
+
+def _number(name: str, value: object, low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"adaptive {name} must be a number, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or (number <= low if low_open else number < low) or (
+        number >= high if high_open else number > high
+    ):
+        lo = f"{'(' if low_open else '['}{low:g}"
+        hi = f"{high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"adaptive {name} must be in {lo}, {hi}, got {value!r}")
+    return number
+
+
+def _integer(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"adaptive {name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ConfigError(f"adaptive {name} must be >= {low}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveSettings:
+    """How :class:`AdaptiveLimit` learns (every field validated: ``ConfigError`` names it).
+
+    :ivar min_limit: the limit never goes below this (>= 1).
+    :ivar max_limit: the limit never goes above this (>= ``min_limit``).
+    :ivar window: shortest decision window, seconds (> 0).
+    :ivar window_rtts: a window also lasts at least this many no-load round trips (>= 0).
+    :ivar min_samples: samples (completed calls) a window needs before deciding (>= 1).
+    :ivar max_window: a window with fewer samples ends after this many seconds, deciding
+        nothing (>= ``window``).
+    :ivar percentile: the window's round trip is this percentile of its samples (``0.5``:
+        the median, as Envoy; robust to a stall that delays a few calls; in ``[0, 1)``).
+    :ivar tolerance: share of the round trip spent queueing (``1 − R0/rtt``) below which
+        the provider counts as not queueing, so the limit may grow (in ``[0, 1)``).
+    :ivar headroom: the limit aims at the estimated capacity times ``1 + headroom`` (a
+        short queue at the provider keeps it busy; in ``[0, 1]``).
+    :ivar cut_above: queueing share at or above which a cut applies at once instead of by
+        ``smoothing`` (in ``[tolerance, 1]``).
+    :ivar smoothing: share of the way a mild cut moves toward its target (in ``(0, 1]``).
+    :ivar drop_backoff: factor applied to the limit on a drop (in ``(0, 1)``).
+    :ivar max_decrease: the most one window may take off the limit, as a share (in
+        ``(0, 1)``); drops are bounded by it too.
+    :ivar growth: growth per window for the 1st, 2nd, ... window in a row that grows (the
+        last repeats); each in ``(0, 4]``, at least one call per step.
+    :ivar probe_interval: seconds between periodic probes of the no-load latency (``0``: only
+        probes triggered by a cut that bought no lower latency).
+    :ivar probe_fraction: a probe pins the limit to this share of the estimated capacity
+        (in ``(0, 1)``).
+    """
+
+    min_limit: int = 1
+    max_limit: int = 1000
+    window: float = 1.0
+    window_rtts: float = 3.0
+    min_samples: int = 10
+    max_window: float = 30.0
+    percentile: float = 0.5
+    tolerance: float = 0.06
+    headroom: float = 0.05
+    cut_above: float = 0.2
+    smoothing: float = 0.5
+    drop_backoff: float = 0.9
+    max_decrease: float = 0.5
+    growth: tuple[float, ...] = (0.05, 0.15, 0.25)
+    probe_interval: float = 60.0
+    probe_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _integer("min_limit", self.min_limit, 1)
+        _integer("max_limit", self.max_limit, 1)
+        if self.max_limit < self.min_limit:
+            raise ConfigError(
+                f"adaptive max_limit ({self.max_limit}) must be >= min_limit ({self.min_limit})"
+            )
+        _number("window", self.window, 0.0, math.inf, low_open=True, high_open=True)
+        _number("window_rtts", self.window_rtts, 0.0, 1e6)
+        _integer("min_samples", self.min_samples, 1)
+        _number("percentile", self.percentile, 0.0, 1.0, high_open=True)
+        _number("max_window", self.max_window, float(self.window), math.inf, high_open=True)
+        _number("tolerance", self.tolerance, 0.0, 1.0, high_open=True)
+        _number("headroom", self.headroom, 0.0, 1.0)
+        _number("cut_above", self.cut_above, float(self.tolerance), 1.0)
+        _number("smoothing", self.smoothing, 0.0, 1.0, low_open=True)
+        _number("drop_backoff", self.drop_backoff, 0.0, 1.0, low_open=True, high_open=True)
+        _number("max_decrease", self.max_decrease, 0.0, 1.0, low_open=True, high_open=True)
+        if not isinstance(self.growth, tuple) or not self.growth:
+            raise ConfigError(f"adaptive growth must be a non-empty tuple, got {self.growth!r}")
+        for step in self.growth:
+            _number("growth step", step, 0.0, 4.0, low_open=True)
+        _number("probe_interval", self.probe_interval, 0.0, math.inf, high_open=True)
+        _number("probe_fraction", self.probe_fraction, 0.0, 1.0, low_open=True, high_open=True)
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The field names (the keys a config section may hold)."""
+        return frozenset(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveStatistics:
+    """A snapshot of one adaptive limit.
+
+    :ivar key: the limited group, e.g. ``"tool:search"``.
+    :ivar limit: the limit applied now.
+    :ivar rtt_noload: the estimated no-load round trip, seconds (0 until learned).
+    :ivar rtt: the last window's mean round trip, seconds (0 before the first window).
+    :ivar gradient: ``rtt_noload / rtt`` of the last window (1: no queueing).
+    :ivar capacity: the last estimate of the calls in flight served without queueing.
+    :ivar in_flight: the last window's mean calls in flight.
+    :ivar throughput: the last window's completions per second.
+    :ivar samples_in_window: samples of the last window.
+    :ivar drops_in_window: drops of the last window.
+    :ivar windows: windows decided so far.
+    :ivar changes: limit changes so far.
+    :ivar drops: drops counted so far.
+    :ivar last_reason: why the limit last changed (see :data:`REASONS`), or ``""``.
+    :ivar probing: whether a probe window runs now.
+    """
+
+    key: str
+    limit: int
+    rtt_noload: float
+    rtt: float
+    gradient: float
+    capacity: float
+    in_flight: float
+    throughput: float
+    samples_in_window: int
+    drops_in_window: int
+    windows: int
+    changes: int
+    drops: int
+    last_reason: str
+    probing: bool
+
+
+class LimitPolicy(Protocol):
+    """What :class:`~stageflow_plus.interceptors.adaptive.AdaptiveConcurrency` drives.
+
+    ``sample`` is called once per completed call (``started`` is when it was admitted,
+    ``inflight`` the calls in flight at its completion, itself included); it returns the
+    limit to apply, an int. ``reason`` says why it last changed.
+    """
+
+    reason: str
+
+    @property
+    def limit(self) -> int:
+        """The limit to apply now."""
+        ...
+
+    def sample(self, now: float, started: float, inflight: int, dropped: bool) -> int: ...
+
+    def statistics(self, key: str) -> AdaptiveStatistics: ...
+
+
+class AdaptiveLimit:
+    """The gradient / drop / throughput controller of one key (see the module docstring).
+
+    :param settings: how it learns.
+    :param limit: the starting limit (clamped into the bounds).
+    :param now: the current time (the first window starts here).
+    """
+
+    __slots__ = (
+        "_cap",
+        "_capacity",
+        "_changes",
+        "_cut_inflight",
+        "_cut_rtt",
+        "_done",
+        "_drops",
+        "_drops_total",
+        "_end",
+        "_fresh_after",
+        "_grew",
+        "_grow_after",
+        "_inflight",
+        "_knee",
+        "_last_drops",
+        "_last_inflight",
+        "_last_n",
+        "_last_rtt",
+        "_limit",
+        "_n",
+        "_next_probe",
+        "_peak",
+        "_probe_saved",
+        "_probing",
+        "_recall",
+        "_recall_base",
+        "_rtt0",
+        "_rtts",
+        "_start",
+        "_streak",
+        "_suspect",
+        "_throughput",
+        "_windows",
+        "_xmax",
+        "reason",
+        "settings",
+    )
+
+    def __init__(self, settings: AdaptiveSettings, limit: int, now: float) -> None:
+        self.settings = settings
+        self._limit = float(min(max(limit, settings.min_limit), settings.max_limit))
+        self._cap = int(self._limit)  # invariant: the limit applied, in the bounds
+        self.reason = ""
+        self._rtt0 = 0.0  # no-load round trip; 0 until the first window
+        self._fresh_after = -math.inf  # samples of calls admitted before this are stale
+        self._grow_after = -math.inf  # no growth before this (after a drop)
+        self._next_probe = (
+            now + settings.probe_interval if settings.probe_interval > 0 else math.inf
+        )
+        self._probing = False
+        self._probe_saved = 0.0
+        self._streak = 0  # windows in a row that grew
+        self._cut_inflight = 0.0  # in-flight and rtt of the window before the last cut
+        self._cut_rtt = 0.0
+        self._xmax = [0.0] * _XMAX_WINDOWS  # throughput of the last windows (a ring)
+        self._rtts = [0.0] * _KEPT  # the window's round trips (a ring: no allocation)
+        self._recall = 0.0  # where to grow back to after a large cut (0: nowhere)
+        self._recall_base = 0.0  # the limit that large cut set
+        self._knee = 0.0  # the capacity estimated when queueing was last seen
+        self._grew = False  # the last window grew the limit
+        self._suspect = False  # queueing seen once without growth: confirm before cutting
+        self._windows = self._changes = self._drops_total = 0
+        self._last_rtt = self._last_inflight = self._capacity = self._throughput = 0.0
+        self._last_n = self._last_drops = 0
+        # the window: running sums only (see _open)
+        self._start = self._end = now
+        self._n = self._drops = self._peak = self._done = 0
+        self._inflight = 0.0
+        self._open(now)
+
+    # the hot path --------------------------------------------------------------------------
+    def sample(self, now: float, started: float, inflight: int, dropped: bool) -> int:
+        """Record one completed call; returns the limit to apply (decides once per window)."""
+        if not dropped:
+            self._done += 1  # throughput counts every answer, stale or not
+        if started >= self._fresh_after:
+            if dropped:
+                self._drops += 1
+            else:
+                index = self._n
+                self._n = index + 1
+                self._rtts[index % _KEPT] = now - started  # the last _KEPT of the window
+                self._inflight += inflight
+                if inflight > self._peak:
+                    self._peak = inflight
+            if dropped or now >= self._end:  # a drop is a hard signal: decide at once
+                self._decide(now)
+        return self._cap
+
+    # once per window ---------------------------------------------------------------------
+    def _open(self, now: float) -> None:
+        self._start = now
+        self._end = now + max(self.settings.window, self.settings.window_rtts * self._rtt0)
+        self._n = self._drops = self._peak = self._done = 0
+        self._inflight = 0.0
+
+    def _decide(self, now: float) -> None:
+        s = self.settings
+        n, drops = self._n, self._drops
+        if drops == 0 and n < s.min_samples:
+            if now - self._start >= s.max_window:
+                self._open(now)  # too few calls to learn from: nothing changes
+            return
+        self._windows += 1
+        self._drops_total += drops
+        self._last_n, self._last_drops = n, drops
+        rtt = self._percentile(n)
+        if not (rtt >= 0.0 and math.isfinite(rtt)):  # a clock that ran backwards
+            rtt = 0.0
+        inflight = self._inflight / n if n else 0.0
+        if n:
+            self._last_rtt, self._last_inflight = rtt, inflight
+            self._throughput = self._done / max(now - self._start, 1e-9)
+        if self._probing:
+            target, reason = self._end_probe(n, drops, rtt)
+        else:
+            if n >= s.min_samples and rtt > 0.0 and (self._rtt0 <= 0.0 or rtt < self._rtt0):
+                self._rtt0 = rtt
+            queueing = 1.0 - self._rtt0 / rtt if rtt > 0.0 and self._rtt0 > 0.0 else 0.0
+            capacity = inflight * (1.0 - queueing)
+            if n:
+                self._capacity = capacity
+            if now >= self._next_probe:
+                self._start_probe(now, capacity if n else self._limit)
+                return
+            if drops:
+                target, reason = self._on_drop(now, n, queueing, capacity)
+            elif queueing >= s.tolerance:
+                if self._stale_baseline(rtt, inflight):
+                    self._start_probe(now, capacity)
+                    return
+                target, reason = self._on_queueing(queueing, capacity, inflight, rtt)
+            elif self._peak >= self._cap and now >= self._grow_after:
+                target, reason = self._grow(queueing)
+            else:
+                target, reason = self._limit, ""
+                self._streak = 0
+            if reason != "rtt":
+                self._cut_inflight = 0.0
+            if drops or queueing < s.tolerance:
+                self._suspect = False
+            self._grew = reason == "grow"
+            if n >= s.min_samples:
+                self._xmax[self._windows % _XMAX_WINDOWS] = self._throughput
+        self._set(target, reason, now)
+        self._open(now)
+
+    def _percentile(self, n: int) -> float:
+        """The window's round trip at the settings' percentile (0 without samples)."""
+        if n <= 0:
+            return 0.0
+        kept = sorted(self._rtts[: min(n, _KEPT)])
+        return kept[min(len(kept) - 1, int(self.settings.percentile * len(kept)))]
+
+    def _on_drop(self, now: float, n: int, queueing: float, capacity: float) -> tuple[float, str]:
+        s = self.settings
+        limit = self._limit
+        target = limit * s.drop_backoff
+        if n >= s.min_samples and queueing >= s.tolerance:
+            target = min(target, capacity * (1.0 + s.headroom))
+            self._knee = capacity
+        self._streak = 0
+        # no growth for two windows: a Retry-After pause empties the provider, and the first
+        # calls after it would look like room
+        self._grow_after = now + 2.0 * (self._end - self._start)
+        return self._remember(max(target, limit * (1.0 - s.max_decrease))), "drop"
+
+    def _on_queueing(
+        self, queueing: float, capacity: float, inflight: float, rtt: float
+    ) -> tuple[float, str]:
+        s = self.settings
+        limit = float(self._cap)  # (the limit applied, not the unrounded one)
+        self._streak = 0
+        aim = capacity * (1.0 + s.headroom)
+        if limit <= aim * (1.0 + _DEADBAND):
+            self._suspect = False
+            self._knee = capacity
+            return self._limit, ""  # at the knee, as intended
+        if not (self._grew or self._suspect):
+            self._suspect = True  # we added no load: confirm over a second window (a stall?)
+            return self._limit, ""
+        self._suspect = False
+        self._knee = capacity
+        if self._recall > 0.0 and limit > 1.2 * self._recall_base:
+            self._recall = 0.0  # grown back toward it and queueing: capacity did not return
+        step = 1.0 if queueing >= s.cut_above else s.smoothing
+        self._cut_inflight, self._cut_rtt = inflight, rtt
+        target = max(limit + step * (aim - limit), limit * (1.0 - s.max_decrease))
+        if int(target + 0.5) >= self._cap:
+            target = limit - 1.0  # a cut that rounds to nothing still takes one call off
+        return self._remember(target), "rtt"
+
+    def _remember(self, target: float) -> float:
+        """On a large cut, keep the capacity seen before: if it comes back, grow back there."""
+        known = max(self._xmax) * self._rtt0  # throughput × no-load latency: capacity
+        if target < 0.75 * known:
+            self._recall, self._recall_base = max(self._recall, known), target
+            for i in range(_XMAX_WINDOWS):
+                self._xmax[i] = 0.0  # throughput from now on measures the new capacity
+        return target
+
+    def _grow(self, queueing: float) -> tuple[float, str]:
+        s = self.settings
+        limit = self._limit
+        if self._recall > 0.0:
+            if limit >= 0.9 * self._recall:
+                self._recall = 0.0
+            elif self._streak >= 1 and queueing < s.tolerance / 2:
+                # a second window in a row with room, no queueing at all: capacity is back
+                target = max(self._recall, limit + 1.0)
+                self._knee, self._recall, self._streak = self._recall, 0.0, 0
+                return target, "grow"
+        if 0.95 * self._knee <= limit <= 1.3 * self._knee:
+            self._streak = 0  # where queueing began last time: the smallest step
+        step = s.growth[min(self._streak, len(s.growth) - 1)]
+        self._streak += 1
+        return max(limit * (1.0 + step), limit + 1.0), "grow"
+
+    def _stale_baseline(self, rtt: float, inflight: float) -> bool:
+        """A large cut lowered in-flight but the round trip fell by less than half of what
+        queueing predicts (``max(R0, rtt · inflight_after / inflight_before)``): the calls
+        were not queueing, the provider got slower; ``R0`` is stale."""
+        if self._cut_inflight <= 0.0 or inflight > self._cut_inflight * _STALE_INFLIGHT:
+            return False
+        expected = max(self._rtt0, self._cut_rtt * inflight / self._cut_inflight)
+        return rtt >= expected + 0.5 * (self._cut_rtt - expected)
+
+    def _start_probe(self, now: float, capacity: float) -> None:
+        s = self.settings
+        self._probing = True
+        self._probe_saved = self._limit
+        self._cut_inflight = 0.0
+        self._streak = 0
+        self._fresh_after = now  # the probe measures only calls admitted under it
+        self._next_probe = now + s.probe_interval if s.probe_interval > 0 else math.inf
+        base = min(self._limit, capacity) if capacity > 0.0 else self._limit
+        self._set(base * s.probe_fraction, "probe", now)
+        self._open(now)
+
+    def _end_probe(self, n: int, drops: int, rtt: float) -> tuple[float, str]:
+        s = self.settings
+        self._probing = False
+        if n >= s.min_samples and rtt > 0.0:
+            self._rtt0 = rtt  # re-learned at a low load
+        target = max(self._probe_saved, self._limit)
+        if drops:
+            return target * s.drop_backoff, "drop"
+        return target, "probe_done"
+
+    def _set(self, target: float, reason: str, now: float) -> None:
+        s = self.settings
+        if not math.isfinite(target):
+            target = self._limit
+        target = min(max(target, float(s.min_limit)), float(s.max_limit))
+        self._limit = target
+        cap = int(target + 0.5)
+        cap = min(max(cap, s.min_limit), s.max_limit)
+        if cap != self._cap:
+            self._cap = cap
+            self._changes += 1
+            self.reason = reason or "bounds"
+            self._fresh_after = now  # calls admitted from now on measure the new limit
+
+    # introspection ------------------------------------------------------------------------
+    @property
+    def limit(self) -> int:
+        """The limit to apply now."""
+        return self._cap
+
+    @property
+    def rtt_noload(self) -> float:
+        """The estimated no-load round trip, seconds (0 until learned)."""
+        return self._rtt0
+
+    @property
+    def probing(self) -> bool:
+        """Whether the current window is a probe of the no-load latency."""
+        return self._probing
+
+    def statistics(self, key: str) -> AdaptiveStatistics:
+        """A snapshot for ``key`` (the group this policy limits)."""
+        rtt = self._last_rtt
+        return AdaptiveStatistics(
+            key=key,
+            limit=self._cap,
+            rtt_noload=self._rtt0,
+            rtt=rtt,
+            gradient=self._rtt0 / rtt if rtt > 0.0 and self._rtt0 > 0.0 else 1.0,
+            capacity=self._capacity,
+            in_flight=self._last_inflight,
+            throughput=self._throughput,
+            samples_in_window=self._last_n,
+            drops_in_window=self._last_drops,
+            windows=self._windows,
+            changes=self._changes,
+            drops=self._drops_total,
+            last_reason=self.reason,
+            probing=self._probing,
+        )
+
+    def __repr__(self) -> str:
+        return (f"<AdaptiveLimit limit={self._cap} rtt_noload={self._rtt0 * 1000:.1f}ms "
+                f"reason={self.reason!r}>")
