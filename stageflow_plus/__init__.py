@@ -11,6 +11,7 @@ from .backends import (
 )
 from .interceptors import (
     LIMITER_ORDER,
+    AdaptiveConcurrency,
     AdmissionGate,
     Backpressure,
     BreakerState,
@@ -26,11 +27,15 @@ from .interceptors import (
     ToolCallChain,
     ToolCallInterceptor,
     ToolCircuitBreaker,
+    default_is_drop,
     default_is_failure,
     default_retry_after,
     limits_from_provider,
 )
 from .primitives import (
+    AdaptiveLimit,
+    AdaptiveSettings,
+    AdaptiveStatistics,
     AdmissionPolicy,
     CircuitOpen,
     Clock,
@@ -44,6 +49,7 @@ from .primitives import (
     Limiter,
     LimiterClosed,
     LimiterStatistics,
+    LimitPolicy,
     LoopClock,
     ManualClock,
     PriorityFairOrdering,
@@ -94,6 +100,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LIMITER_ORDER",
+    "AdaptiveConcurrency",
+    "AdaptiveLimit",
+    "AdaptiveSettings",
+    "AdaptiveStatistics",
     "AdmissionGate",
     "AdmissionPolicy",
     "BackendUnavailable",
@@ -118,6 +128,7 @@ __all__ = [
     "InvalidRunOverride",
     "Lease",
     "LimitAwareCircuitBreaker",
+    "LimitPolicy",
     "LimitedAdvancedToolExecutor",
     "LimitedToolExecutor",
     "LimitedToolRegistry",
@@ -165,6 +176,7 @@ __all__ = [
     "build",
     "call_scope",
     "current_scope",
+    "default_is_drop",
     "default_is_failure",
     "default_retry_after",
     "limits_from_provider",

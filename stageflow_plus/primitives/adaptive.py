@@ -37,22 +37,10 @@ mean calls in flight at completions and ``L`` the limit:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Protocol
 
-from .errors import ConfigError
+from .adaptive_settings import REASONS, AdaptiveSettings, AdaptiveStatistics, LimitPolicy
 
-__all__ = [
-    "REASONS",
-    "AdaptiveLimit",
-    "AdaptiveSettings",
-    "AdaptiveStatistics",
-    "LimitPolicy",
-]
-
-REASONS: tuple[str, ...] = ("drop", "rtt", "grow", "probe", "probe_done", "bounds")
-"""Why a limit changed: a drop; round trips rising (queueing); growth; a probe starting;
-a probe ending (limit restored); the bounds (the limit was clamped into them)."""
+__all__ = ["REASONS", "AdaptiveLimit", "AdaptiveSettings", "AdaptiveStatistics", "LimitPolicy"]
 
 # a cut that lowered in-flight this much but not the round trip means "not queueing"
 _STALE_INFLIGHT = 0.8
@@ -61,166 +49,7 @@ _DEADBAND = 0.03
 # throughput is remembered over this many windows (the capacity to grow back to)
 _XMAX_WINDOWS = 8
 # round trips kept per window for its percentile (the last ones when there are more)
-_KEPT = 256
-
-
-def _number(name: str, value: object, low: float, high: float, *, low_open: bool = False,
-            high_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"adaptive {name} must be a number, got {value!r}")
-    number = float(value)
-    if math.isnan(number) or (number <= low if low_open else number < low) or (
-        number >= high if high_open else number > high
-    ):
-        lo = f"{'(' if low_open else '['}{low:g}"
-        hi = f"{high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"adaptive {name} must be in {lo}, {hi}, got {value!r}")
-    return number
-
-
-def _integer(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"adaptive {name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ConfigError(f"adaptive {name} must be >= {low}, got {value}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class AdaptiveSettings:
-    """How :class:`AdaptiveLimit` learns (every field validated: ``ConfigError`` names it).
-
-    :ivar min_limit: the limit never goes below this (>= 1).
-    :ivar max_limit: the limit never goes above this (>= ``min_limit``).
-    :ivar window: shortest decision window, seconds (> 0).
-    :ivar window_rtts: a window also lasts at least this many no-load round trips (>= 0).
-    :ivar min_samples: samples (completed calls) a window needs before deciding (>= 1).
-    :ivar max_window: a window with fewer samples ends after this many seconds, deciding
-        nothing (>= ``window``).
-    :ivar percentile: the window's round trip is this percentile of its samples (``0.5``:
-        the median, as Envoy; robust to a stall that delays a few calls; in ``[0, 1)``).
-    :ivar tolerance: share of the round trip spent queueing (``1 − R0/rtt``) below which
-        the provider counts as not queueing, so the limit may grow (in ``[0, 1)``).
-    :ivar headroom: the limit aims at the estimated capacity times ``1 + headroom`` (a
-        short queue at the provider keeps it busy; in ``[0, 1]``).
-    :ivar cut_above: queueing share at or above which a cut applies at once instead of by
-        ``smoothing`` (in ``[tolerance, 1]``).
-    :ivar smoothing: share of the way a mild cut moves toward its target (in ``(0, 1]``).
-    :ivar drop_backoff: factor applied to the limit on a drop (in ``(0, 1)``).
-    :ivar max_decrease: the most one window may take off the limit, as a share (in
-        ``(0, 1)``); drops are bounded by it too.
-    :ivar growth: growth per window for the 1st, 2nd, ... window in a row that grows (the
-        last repeats); each in ``(0, 4]``, at least one call per step.
-    :ivar probe_interval: seconds between periodic probes of the no-load latency (``0``: only
-        probes triggered by a cut that bought no lower latency).
-    :ivar probe_fraction: a probe pins the limit to this share of the estimated capacity
-        (in ``(0, 1)``).
-    """
-
-    min_limit: int = 1
-    max_limit: int = 1000
-    window: float = 1.0
-    window_rtts: float = 3.0
-    min_samples: int = 10
-    max_window: float = 30.0
-    percentile: float = 0.5
-    tolerance: float = 0.06
-    headroom: float = 0.05
-    cut_above: float = 0.2
-    smoothing: float = 0.5
-    drop_backoff: float = 0.9
-    max_decrease: float = 0.5
-    growth: tuple[float, ...] = (0.05, 0.15, 0.25)
-    probe_interval: float = 60.0
-    probe_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        _integer("min_limit", self.min_limit, 1)
-        _integer("max_limit", self.max_limit, 1)
-        if self.max_limit < self.min_limit:
-            raise ConfigError(
-                f"adaptive max_limit ({self.max_limit}) must be >= min_limit ({self.min_limit})"
-            )
-        _number("window", self.window, 0.0, math.inf, low_open=True, high_open=True)
-        _number("window_rtts", self.window_rtts, 0.0, 1e6)
-        _integer("min_samples", self.min_samples, 1)
-        _number("percentile", self.percentile, 0.0, 1.0, high_open=True)
-        _number("max_window", self.max_window, float(self.window), math.inf, high_open=True)
-        _number("tolerance", self.tolerance, 0.0, 1.0, high_open=True)
-        _number("headroom", self.headroom, 0.0, 1.0)
-        _number("cut_above", self.cut_above, float(self.tolerance), 1.0)
-        _number("smoothing", self.smoothing, 0.0, 1.0, low_open=True)
-        _number("drop_backoff", self.drop_backoff, 0.0, 1.0, low_open=True, high_open=True)
-        _number("max_decrease", self.max_decrease, 0.0, 1.0, low_open=True, high_open=True)
-        if not isinstance(self.growth, tuple) or not self.growth:
-            raise ConfigError(f"adaptive growth must be a non-empty tuple, got {self.growth!r}")
-        for step in self.growth:
-            _number("growth step", step, 0.0, 4.0, low_open=True)
-        _number("probe_interval", self.probe_interval, 0.0, math.inf, high_open=True)
-        _number("probe_fraction", self.probe_fraction, 0.0, 1.0, low_open=True, high_open=True)
-
-    @classmethod
-    def names(cls) -> frozenset[str]:
-        """The field names (the keys a config section may hold)."""
-        return frozenset(f.name for f in fields(cls))
-
-
-@dataclass(frozen=True, slots=True)
-class AdaptiveStatistics:
-    """A snapshot of one adaptive limit.
-
-    :ivar key: the limited group, e.g. ``"tool:search"``.
-    :ivar limit: the limit applied now.
-    :ivar rtt_noload: the estimated no-load round trip, seconds (0 until learned).
-    :ivar rtt: the last window's mean round trip, seconds (0 before the first window).
-    :ivar gradient: ``rtt_noload / rtt`` of the last window (1: no queueing).
-    :ivar capacity: the last estimate of the calls in flight served without queueing.
-    :ivar in_flight: the last window's mean calls in flight.
-    :ivar throughput: the last window's completions per second.
-    :ivar samples_in_window: samples of the last window.
-    :ivar drops_in_window: drops of the last window.
-    :ivar windows: windows decided so far.
-    :ivar changes: limit changes so far.
-    :ivar drops: drops counted so far.
-    :ivar last_reason: why the limit last changed (see :data:`REASONS`), or ``""``.
-    :ivar probing: whether a probe window runs now.
-    """
-
-    key: str
-    limit: int
-    rtt_noload: float
-    rtt: float
-    gradient: float
-    capacity: float
-    in_flight: float
-    throughput: float
-    samples_in_window: int
-    drops_in_window: int
-    windows: int
-    changes: int
-    drops: int
-    last_reason: str
-    probing: bool
-
-
-class LimitPolicy(Protocol):
-    """What :class:`~stageflow_plus.interceptors.adaptive.AdaptiveConcurrency` drives.
-
-    ``sample`` is called once per completed call (``started`` is when it was admitted,
-    ``inflight`` the calls in flight at its completion, itself included); it returns the
-    limit to apply, an int. ``reason`` says why it last changed.
-    """
-
-    reason: str
-
-    @property
-    def limit(self) -> int:
-        """The limit to apply now."""
-        ...
-
-    def sample(self, now: float, started: float, inflight: int, dropped: bool) -> int: ...
-
-    def statistics(self, key: str) -> AdaptiveStatistics: ...
+_KEPT = 128
 
 
 class AdaptiveLimit:
@@ -274,7 +103,7 @@ class AdaptiveLimit:
         self.settings = settings
         self._limit = float(min(max(limit, settings.min_limit), settings.max_limit))
         self._cap = int(self._limit)  # invariant: the limit applied, in the bounds
-        self.reason = ""
+        self.reason = "bounds" if self._cap != limit else ""  # (the start was clamped)
         self._rtt0 = 0.0  # no-load round trip; 0 until the first window
         self._fresh_after = -math.inf  # samples of calls admitted before this are stale
         self._grow_after = -math.inf  # no growth before this (after a drop)
@@ -287,7 +116,7 @@ class AdaptiveLimit:
         self._cut_inflight = 0.0  # in-flight and rtt of the window before the last cut
         self._cut_rtt = 0.0
         self._xmax = [0.0] * _XMAX_WINDOWS  # throughput of the last windows (a ring)
-        self._rtts = [0.0] * _KEPT  # the window's round trips (a ring: no allocation)
+        self._rtts = [0.0] * _KEPT  # the window's round trips (a ring of fixed size)
         self._recall = 0.0  # where to grow back to after a large cut (0: nowhere)
         self._recall_base = 0.0  # the limit that large cut set
         self._knee = 0.0  # the capacity estimated when queueing was last seen
@@ -313,7 +142,7 @@ class AdaptiveLimit:
             else:
                 index = self._n
                 self._n = index + 1
-                self._rtts[index % _KEPT] = now - started  # the last _KEPT of the window
+                self._rtts[index % _KEPT] = now - started  # a ring: the last _KEPT of the window
                 self._inflight += inflight
                 if inflight > self._peak:
                     self._peak = inflight
@@ -397,7 +226,10 @@ class AdaptiveLimit:
         # no growth for two windows: a Retry-After pause empties the provider, and the first
         # calls after it would look like room
         self._grow_after = now + 2.0 * (self._end - self._start)
-        return self._remember(max(target, limit * (1.0 - s.max_decrease))), "drop"
+        target = max(target, limit * (1.0 - s.max_decrease))
+        if int(target + 0.5) >= self._cap:
+            target = self._cap - 1.0  # a drop always takes at least one call off
+        return self._remember(target), "drop"
 
     def _on_queueing(
         self, queueing: float, capacity: float, inflight: float, rtt: float
