@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .capacity import CapacityModel
+
 __all__ = ["ProviderLimits", "ProviderSimulator", "format_duration", "main"]
 
 
@@ -133,11 +135,15 @@ class ProviderSimulator:
 
     :param limits: what the provider enforces.
     :param seed: seeds the latency samples (runs are reproducible).
+    :param model: a :class:`~stageflow_plus.bench.capacity.CapacityModel` that answers
+        ``/v1/call`` instead of the fixed limits (capacity over time, queueing, 429/503).
     """
 
     def __init__(
-        self, limits: ProviderLimits, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0
+        self, limits: ProviderLimits, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
+        model: CapacityModel | None = None,
     ) -> None:
+        self.model = model
         self.limits = limits
         self.host = host
         self.port = port
@@ -174,6 +180,7 @@ class ProviderSimulator:
             "http_429_by_reason": dict(self.counters["http_429_by_reason"]),
             "in_flight": self.in_flight,
             "limits": asdict(self.limits),
+            **({"model": self.model.stats()} if self.model is not None else {}),
         }
 
     async def start(self) -> None:
@@ -245,6 +252,9 @@ class ProviderSimulator:
         except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
             self.counters["bad_requests"] += 1
             return web.json_response({"error": {"type": "invalid_request"}}, status=400)
+        if self.model is not None:  # capacity over time, queueing, 429/503 on overload
+            status, model_headers, answer = await self.model.serve(tokens)
+            return web.json_response(answer, status=status, headers=model_headers)
         now = loop.time()
         lim = self.limits
         if self._requests is None or self._tokens is None:
