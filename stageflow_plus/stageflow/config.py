@@ -20,6 +20,8 @@ environment variables) with these sections, every key optional::
     [stageflow_plus.plugin_options.acme_audit]   # keyword options of a plugin
     [stageflow_plus.backend]           # url = "memory://" (default) or "redis://host:6379/0";
                                        #   prefix, ttl, on_unavailable, op_timeout, recheck_s
+    [stageflow_plus.adaptive]          # AdaptiveConcurrency: partition, keys, min_limit, ...
+                                       #   (see stageflow_plus.stageflow.adaptive_config)
 
 With a Redis backend the ``concurrency`` (``limit``, ``per_tool``, ``per_tenant``) and
 ``rate`` (``rates``, ``key``) limits hold across every process sharing the URL and prefix:
@@ -70,6 +72,7 @@ from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
+from .adaptive_config import ADAPTIVE_KEYS, adaptive_from_config, apply_adaptive_env
 from .overrides import Ceilings
 from .plugins import load_interceptor
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
@@ -105,6 +108,7 @@ SECTIONS: dict[str, frozenset[str]] = {
     "priorities": frozenset({"call_scope", "stage_limit"}),
     "plugin_options": frozenset(),  # free keys: plugin names
     "backend": frozenset({"url", "prefix", "ttl", "on_unavailable", "op_timeout", "recheck_s"}),
+    "adaptive": ADAPTIVE_KEYS,
 }
 RATE_KEYS = frozenset({"limit", "per", "burst", "dimension", "start_full"})
 ENV_PREFIX = "STAGEFLOW_PLUS_"
@@ -180,6 +184,7 @@ def _apply_env(config: dict[str, Any], environ: Mapping[str, str]) -> None:
         rates.append({"limit": value, "per": 60, "dimension": "tokens"})
     if rates:
         config["rate"] = {"rates": rates, "key": "global"}
+    apply_adaptive_env(config, environ)
 
 
 def _check_keys(config: Mapping[str, Any]) -> None:
@@ -302,6 +307,7 @@ def build(
     if isinstance(backend, MemoryBackend):
         steps.extend(_memory_limits(cfg))
     else:
+        adaptive_from_config(cfg, memory_backend=False)  # refuses the section with Redis
         steps.extend(_global_limits(cfg, backend, clock))
     chain = ToolCallChain(steps, clock=clock)
 
@@ -370,6 +376,7 @@ def _memory_limits(cfg: Mapping[str, Any]) -> list[Any]:
     # always a ConcurrencyLimiter (uncapped without a [concurrency] table), so a run's
     # ctx.data["_concurrency"] applies whatever the operator configured, as with Redis
     steps.append(_make("concurrency", ConcurrencyLimiter, cfg.get("concurrency", {})))
+    steps.extend(adaptive_from_config(cfg))
     return steps
 
 
