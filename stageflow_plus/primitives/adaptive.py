@@ -46,6 +46,14 @@ __all__ = ["REASONS", "AdaptiveLimit", "AdaptiveSettings", "AdaptiveStatistics",
 _STALE_INFLIGHT = 0.8
 # no cut while the limit is within this share above its aim (a dead band against noise)
 _DEADBAND = 0.03
+# the noise estimate: an average of the round trip's relative change between two windows at
+# the same limit (each change counted up to 3x the estimate, at least _NOISE_FLOOR);
+# tolerance and dead band widen with it
+_NOISE_GAIN = 0.2
+_NOISE_FLOOR = 0.05
+# a growth that added calls in flight while the round trip rose less than this share of it
+# found room (most added calls did not queue)
+_ROOM = 0.4
 # throughput is remembered over this many windows (the capacity to grow back to)
 _XMAX_WINDOWS = 8
 # round trips kept per window for its percentile (the last ones when there are more)
@@ -73,6 +81,7 @@ class AdaptiveLimit:
         "_fresh_after",
         "_grew",
         "_grow_after",
+        "_held",
         "_inflight",
         "_knee",
         "_last_drops",
@@ -82,6 +91,7 @@ class AdaptiveLimit:
         "_limit",
         "_n",
         "_next_probe",
+        "_noise",
         "_peak",
         "_probe_saved",
         "_probing",
@@ -122,6 +132,8 @@ class AdaptiveLimit:
         self._knee = 0.0  # the capacity estimated when queueing was last seen
         self._grew = False  # the last window grew the limit
         self._suspect = False  # queueing seen once without growth: confirm before cutting
+        self._noise = 0.0  # how much the round trip moves between windows by itself
+        self._held = False  # the last window left the limit where it was
         self._windows = self._changes = self._drops_total = 0
         self._last_rtt = self._last_inflight = self._capacity = self._throughput = 0.0
         self._last_n = self._last_drops = 0
@@ -154,6 +166,8 @@ class AdaptiveLimit:
     def _open(self, now: float) -> None:
         self._start = now
         self._end = now + max(self.settings.window, self.settings.window_rtts * self._rtt0)
+        if self._fresh_after == now:
+            self._end += self._rtt0  # calls admitted from now on answer one round trip later
         self._n = self._drops = self._peak = self._done = 0
         self._inflight = 0.0
 
@@ -171,6 +185,16 @@ class AdaptiveLimit:
         if not (rtt >= 0.0 and math.isfinite(rtt)):  # a clock that ran backwards
             rtt = 0.0
         inflight = self._inflight / n if n else 0.0
+        if self._held and n >= s.min_samples and self._last_rtt > 0.0 and rtt > 0.0:
+            # two windows in a row at the same limit: how much the round trip moves by itself
+            # (a jump far above the usual, e.g. the capacity changing, counts as little more
+            # than usual: the estimate follows noise, not events)
+            change = min(abs(rtt - self._last_rtt) / self._last_rtt,
+                         max(_NOISE_FLOOR, 3.0 * self._noise))
+            self._noise += _NOISE_GAIN * (change - self._noise)
+        tolerance = max(s.tolerance, 2.0 * self._noise)
+        room = self._room(n, rtt, inflight)
+        cap_before = self._cap
         if n:
             self._last_rtt, self._last_inflight = rtt, inflight
             self._throughput = self._done / max(now - self._start, 1e-9)
@@ -188,25 +212,36 @@ class AdaptiveLimit:
                 return
             if drops:
                 target, reason = self._on_drop(now, n, queueing, capacity)
-            elif queueing >= s.tolerance:
+            elif (queueing >= tolerance and not (room and queueing < s.cut_above)
+                  and 2 * self._peak >= self._cap):  # (a limit far from used is not the cause)
                 if self._stale_baseline(rtt, inflight):
                     self._start_probe(now, capacity)
                     return
                 target, reason = self._on_queueing(queueing, capacity, inflight, rtt)
             elif self._peak >= self._cap and now >= self._grow_after:
-                target, reason = self._grow(queueing)
+                target, reason = self._grow(queueing < tolerance)
             else:
                 target, reason = self._limit, ""
                 self._streak = 0
             if reason != "rtt":
                 self._cut_inflight = 0.0
-            if drops or queueing < s.tolerance:
+            if drops or queueing < tolerance:
                 self._suspect = False
             self._grew = reason == "grow"
             if n >= s.min_samples:
                 self._xmax[self._windows % _XMAX_WINDOWS] = self._throughput
         self._set(target, reason, now)
+        self._held = not self._probing and self._cap == cap_before
         self._open(now)
+
+    def _room(self, n: int, rtt: float, inflight: float) -> bool:
+        """The last growth added calls in flight and the round trip barely moved: whatever
+        the baseline says, the provider had room for them (throughput rose with in-flight)."""
+        if not (self._grew and n >= self.settings.min_samples and rtt > 0.0
+                and self._last_rtt > 0.0 and self._last_inflight > 0.0):
+            return False
+        added = inflight / self._last_inflight - 1.0
+        return added > 0.0 and rtt / self._last_rtt - 1.0 < _ROOM * added
 
     def _percentile(self, n: int) -> float:
         """The window's round trip at the settings' percentile (0 without samples)."""
@@ -238,12 +273,14 @@ class AdaptiveLimit:
         limit = float(self._cap)  # (the limit applied, not the unrounded one)
         self._streak = 0
         aim = capacity * (1.0 + s.headroom)
-        if limit <= aim * (1.0 + _DEADBAND):
+        if limit <= aim * (1.0 + max(_DEADBAND, self._noise)):
             self._suspect = False
             self._knee = capacity
             return self._limit, ""  # at the knee, as intended
-        if not (self._grew or self._suspect):
-            self._suspect = True  # we added no load: confirm over a second window (a stall?)
+        if not self._suspect and not (self._grew and queueing >= s.cut_above):
+            # confirm over a second window (noise? a stall?) — unless our own growth just
+            # made the provider queue a lot
+            self._suspect = True
             return self._limit, ""
         self._suspect = False
         self._knee = capacity
@@ -265,14 +302,14 @@ class AdaptiveLimit:
                 self._xmax[i] = 0.0  # throughput from now on measures the new capacity
         return target
 
-    def _grow(self, queueing: float) -> tuple[float, str]:
+    def _grow(self, clear: bool) -> tuple[float, str]:
         s = self.settings
         limit = self._limit
         if self._recall > 0.0:
             if limit >= 0.9 * self._recall:
                 self._recall = 0.0
-            elif self._streak >= 1 and queueing < s.tolerance / 2:
-                # a second window in a row with room, no queueing at all: capacity is back
+            elif self._streak >= 1 and clear:
+                # a second window in a row with room, and no queueing: capacity is back
                 target = max(self._recall, limit + 1.0)
                 self._knee, self._recall, self._streak = self._recall, 0.0, 0
                 return target, "grow"

@@ -82,8 +82,8 @@ class AdaptiveSettings:
     min_samples: int = 10
     max_window: float = 30.0
     percentile: float = 0.5
-    tolerance: float = 0.06
-    headroom: float = 0.05
+    tolerance: float = 0.05
+    headroom: float = 0.03
     cut_above: float = 0.2
     smoothing: float = 0.5
     drop_backoff: float = 0.9

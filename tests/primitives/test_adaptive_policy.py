@@ -136,7 +136,7 @@ def test_one_slow_window_without_growth_is_confirmed_before_a_cut() -> None:
     t, _ = provider.feed(policy, t, windows(1))
     provider.service = S
     t, limits = provider.feed(policy, t, windows(1))
-    assert min(limits) >= held - 1, "a single stalled window must not cut the limit"
+    assert min(limits) >= 0.9 * held, "a single stalled window must not cut the limit"
 
 
 def test_the_probe_relearns_the_no_load_latency_after_the_provider_slows_down() -> None:

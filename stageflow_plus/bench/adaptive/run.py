@@ -48,8 +48,8 @@ from .baselines import AimdLimit, VegasLimit
 from .host import ProviderProcess
 from .workloads import AdaptiveBenchConfig, AdaptiveWorkload, workloads
 
-__all__ = ["OUTCOMES", "STRATEGIES", "CapacityTool", "Run", "build_chain", "run_all",
-           "run_workload"]
+__all__ = ["OUTCOMES", "PER_WORKLOAD", "STRATEGIES", "CapacityTool", "Run", "build_chain",
+           "run_all", "run_workload"]
 
 ACTION = "CAPACITY_CALL"
 STRATEGIES = ("adaptive", "fixed_low", "fixed_high", "aimd", "vegas")
@@ -220,13 +220,24 @@ def _stats(stats: AdaptiveStatistics) -> dict[str, Any]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(stats).items()}
 
 
+PER_WORKLOAD: dict[str, tuple[str, ...]] = {
+    "noload": ("fixed_high",),  # (a limit never reached)
+    "step": STRATEGIES,
+    "overload": ("adaptive", "fixed_high", "aimd", "vegas"),  # (fixed_low: half, as in step)
+    "spike": ("adaptive", "fixed_high", "aimd"),
+}
+"""The strategies each workload runs by default (the whole section stays near 2 minutes)."""
+
+
 async def run_all(cfg: AdaptiveBenchConfig, names: Sequence[str] | None = None, *,
                   quick: bool = False) -> dict[str, dict[str, Run]]:
-    """Every workload through every strategy (``noload`` through one, a limit never hit)."""
+    """Every workload through its strategies (:data:`PER_WORKLOAD`, or ``names`` for all)."""
     out: dict[str, dict[str, Run]] = {}
     async with ProviderProcess() as host:
         for workload in workloads(cfg, quick=quick):
-            chosen = ["fixed_high"] if workload.name == "noload" else list(names or STRATEGIES)
+            chosen = list(PER_WORKLOAD[workload.name])
+            if names is not None and workload.name != "noload":
+                chosen = list(names)
             out[workload.name] = {}
             for strategy in chosen:
                 out[workload.name][strategy] = await run_workload(workload, strategy, cfg, host)

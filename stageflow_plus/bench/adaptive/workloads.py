@@ -1,13 +1,13 @@
 """The adaptive benchmark's settings and workloads (provider capacity, offered load).
 
-``L`` = capacity, ``S`` = no-load latency, ``W = 2·S`` = one window:
+``L`` = capacity, ``S`` = no-load latency, ``W = 3·S`` = one decision window:
 
 * ``noload`` — ¼ of capacity offered, no limit reached: the no-load latency ratios use.
 * ``step`` — 2x the full capacity offered throughout; capacity ``L`` → ``L/2`` → ``L``
-  (12, 8 and 8 windows).
-* ``overload`` — capacity ``L``; 0.6x offered for 4 windows, then 10x for 12.
+  (10, 7 and 7 windows).
+* ``overload`` — capacity ``L``; 0.6x offered for 3 windows, then 10x for 9.
 * ``spike`` — capacity ``L``; a critical class (priority 3) at 0.2x throughout and a low
-  class (priority 0) at 0.6x for 4 windows, 12x for 9 (the spike), then 0.6x for 3.
+  class (priority 0) at 0.6x for 3 windows, 12x for 8 (the spike), then 0.6x for 1.
 
 Arrivals are open-loop Poisson per class and segment, seeded: the same calls for every
 strategy.
@@ -27,8 +27,10 @@ from ..capacity import CapacityPhase, CapacityProfile
 __all__ = ["WINDOW_RTTS", "AdaptiveBenchConfig", "AdaptiveWorkload", "workloads"]
 
 WINDOW_RTTS = 2.0
-"""A window of the benchmark lasts two no-load round trips (the library's default is 3 and
-at least 1 s; shorter windows keep the benchmark short)."""
+"""The controller measures over two no-load round trips per window (the library's default
+is 3 and at least 1 s; shorter windows keep the benchmark short). After a change it first
+waits one round trip (calls admitted under the new limit must answer), so a decision takes
+three round trips: the benchmark's unit ``W``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +50,11 @@ class AdaptiveBenchConfig:
     """
 
     capacity: int = 32
-    latency_ms: float = 250.0
+    latency_ms: float = 200.0
     jitter: float = 0.1
     queue_factor: float = 1.0
     retry_after_s: float = 0.5
-    initial_limit: int = 8
+    initial_limit: int = 12
     max_queue: int = 64
     max_wait: float = 1.0
     call_timeout: float = 5.0
@@ -60,8 +62,8 @@ class AdaptiveBenchConfig:
 
     @property
     def window(self) -> float:
-        """One decision window: two no-load round trips."""
-        return WINDOW_RTTS * self.latency_ms / 1000.0
+        """One decision after a change (the unit ``W``): three no-load round trips."""
+        return (WINDOW_RTTS + 1.0) * self.latency_ms / 1000.0
 
     @property
     def throughput(self) -> float:
@@ -75,7 +77,8 @@ class AdaptiveBenchConfig:
 
     def settings(self) -> AdaptiveSettings:
         """The adaptive settings every adaptive strategy uses."""
-        return AdaptiveSettings(min_limit=1, max_limit=8 * self.capacity, window=self.window,
+        return AdaptiveSettings(min_limit=1, max_limit=8 * self.capacity,
+                                window=WINDOW_RTTS * self.latency_ms / 1000.0,
                                 window_rtts=WINDOW_RTTS, min_samples=10)
 
 
@@ -118,15 +121,15 @@ def workloads(cfg: AdaptiveBenchConfig, *, quick: bool = False) -> list[Adaptive
     k = 0.5 if quick else 1.0
     opts: dict[str, Any] = {"jitter": cfg.jitter, "queue_factor": cfg.queue_factor,
                             "retry_after_s": cfg.retry_after_s}
-    t1, t2, t3 = 12 * w * k, 20 * w * k, 28 * w * k
+    t1, t2, t3 = 10 * w * k, 17 * w * k, 24 * w * k
     step = CapacityProfile((CapacityPhase(0, c, s), CapacityPhase(t1, c // 2, s),
                             CapacityPhase(t2, c, s)), **opts)
-    warm, end = 4 * w * k, 16 * w * k
-    s1, s2, s3 = 4 * w * k, 13 * w * k, 16 * w * k
+    warm, end = 3 * w * k, 12 * w * k
+    s1, s2, s3 = 3 * w * k, 11 * w * k, 12 * w * k
     steady = CapacityProfile.steady(c, s, **opts)
     return [
         AdaptiveWorkload("noload", "1/4 of capacity offered (no limit reached)",
-                         steady, (("normal", 0, ((0.0, 10 * w * k, 0.25 * x),)),), 10 * w * k),
+                         steady, (("normal", 0, ((0.0, 6 * w * k, 0.25 * x),)),), 6 * w * k),
         AdaptiveWorkload("step", f"capacity {c} -> {c // 2} -> {c}, 2x the full capacity offered",
                          step, (("normal", 0, ((0.0, t3, 2 * x),)),), t3,
                          {"half": t1, "double": t2}),
