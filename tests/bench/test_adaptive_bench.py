@@ -48,7 +48,8 @@ async def test_every_strategy_runs_every_workload_and_every_call_is_accounted(
     table = format_adaptive_table(result)
     assert all(name in table for name in chosen) and "targets" in table
     assert set(STRATEGIES) >= set(chosen)
-    written = write_adaptive_plots(runs, result["noload_ms"]["p50"], str(tmp_path))
+    written = write_adaptive_plots(runs, result["noload_ms"]["p50"], result["noload_ms"]["p99"],
+                                   str(tmp_path))
     assert sorted(p.name for p in written) == [
         "adaptive_overload.png", "adaptive_spike.png", "adaptive_step.png"]
     assert all(p.stat().st_size > 10_000 for p in written)

@@ -101,7 +101,7 @@ async def _retained(calls: int) -> int:
 
 def measure_cost(*, quick: bool = False) -> dict[str, Any]:
     """The per-call costs (µs, medians) and retained bytes; see the module docstring."""
-    n, repeats = (20_000, 5) if quick else (200_000, 9)
+    n, repeats = (20_000, 5) if quick else (100_000, 7)
     samples, drops, chains = [], [], []
     for _ in range(repeats):
         base = _loop_cost(n)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import _accel
+from .cost import measure_cost
 from .report import evaluate, format_adaptive_table, summarize_run
 from .run import STRATEGIES, run_all
 from .workloads import AdaptiveBenchConfig, workloads
@@ -49,7 +50,7 @@ def summarize(runs: dict[str, dict[str, Any]], cfg: AdaptiveBenchConfig, *,
             "description": workload.description,
             "duration_s": round(workload.duration, 2),
             "marks_s": {k: round(v, 2) for k, v in workload.marks.items()},
-            "strategies": {name: summarize_run(run, workload, cfg, p50)
+            "strategies": {name: summarize_run(run, workload, cfg, p50, p99)
                            for name, run in runs[workload.name].items()},
         }
     if {"step", "overload", "spike"} <= set(result["workloads"]) and all(
@@ -74,6 +75,7 @@ def run_adaptive_bench(*, quick: bool = False, json_path: str | None = None,
     cfg = AdaptiveBenchConfig.quick() if quick else AdaptiveBenchConfig()
     runs = asyncio.run(run_all(cfg, strategies, quick=quick))
     result = summarize(runs, cfg, quick=quick)
+    result["cost_per_call"] = measure_cost(quick=quick)
     print(format_adaptive_table(result))
     if json_path is not None:
         target = Path(json_path)
@@ -83,6 +85,7 @@ def run_adaptive_bench(*, quick: bool = False, json_path: str | None = None,
     if plot_dir is not None:
         from .plots import write_adaptive_plots
 
-        for path in write_adaptive_plots(runs, result["noload_ms"]["p50"], plot_dir):
+        for path in write_adaptive_plots(runs, result["noload_ms"]["p50"],
+                                         result["noload_ms"]["p99"], plot_dir):
             print(f"wrote {path}", file=sys.stderr)
     return result

@@ -5,9 +5,10 @@
 * ``noload`` — ¼ of capacity offered, no limit reached: the no-load latency ratios use.
 * ``step`` — 2x the full capacity offered throughout; capacity ``L`` → ``L/2`` → ``L``
   (10, 7 and 7 windows).
-* ``overload`` — capacity ``L``; 0.6x offered for 3 windows, then 10x for 9.
+* ``overload`` — capacity ``L``; 1x offered for 4 windows (a service running at about its
+  capacity), then 10x for 9.
 * ``spike`` — capacity ``L``; a critical class (priority 3) at 0.2x throughout and a low
-  class (priority 0) at 0.6x for 3 windows, 12x for 8 (the spike), then 0.6x for 1.
+  class (priority 0) at 0.8x for 4 windows, 12x for 8 (the spike), then 0.8x for 1.
 
 Arrivals are open-loop Poisson per class and segment, seeded: the same calls for every
 strategy.
@@ -124,8 +125,8 @@ def workloads(cfg: AdaptiveBenchConfig, *, quick: bool = False) -> list[Adaptive
     t1, t2, t3 = 10 * w * k, 17 * w * k, 24 * w * k
     step = CapacityProfile((CapacityPhase(0, c, s), CapacityPhase(t1, c // 2, s),
                             CapacityPhase(t2, c, s)), **opts)
-    warm, end = 3 * w * k, 12 * w * k
-    s1, s2, s3 = 3 * w * k, 11 * w * k, 12 * w * k
+    warm, end = 4 * w * k, 13 * w * k
+    s1, s2, s3 = 4 * w * k, 12 * w * k, 13 * w * k
     steady = CapacityProfile.steady(c, s, **opts)
     return [
         AdaptiveWorkload("noload", "1/4 of capacity offered (no limit reached)",
@@ -133,12 +134,12 @@ def workloads(cfg: AdaptiveBenchConfig, *, quick: bool = False) -> list[Adaptive
         AdaptiveWorkload("step", f"capacity {c} -> {c // 2} -> {c}, 2x the full capacity offered",
                          step, (("normal", 0, ((0.0, t3, 2 * x),)),), t3,
                          {"half": t1, "double": t2}),
-        AdaptiveWorkload("overload", "0.6x, then 10x the capacity offered", steady,
-                         (("normal", 0, ((0.0, warm, 0.6 * x), (warm, end, 10 * x))),), end,
+        AdaptiveWorkload("overload", "1x, then 10x the capacity offered", steady,
+                         (("normal", 0, ((0.0, warm, 1.0 * x), (warm, end, 10 * x))),), end,
                          {"overload": warm}),
-        AdaptiveWorkload("spike", "critical 0.2x throughout; low 0.6x, 12x (spike), 0.6x",
+        AdaptiveWorkload("spike", "critical 0.2x throughout; low 0.8x, 12x (spike), 0.8x",
                          steady, (("critical", 3, ((0.0, s3, 0.2 * x),)),
-                                  ("low", 0, ((0.0, s1, 0.6 * x), (s1, s2, 12 * x),
-                                              (s2, s3, 0.6 * x)))), s3,
+                                  ("low", 0, ((0.0, s1, 0.8 * x), (s1, s2, 12 * x),
+                                              (s2, s3, 0.8 * x)))), s3,
                          {"spike": s1, "spike_end": s2}),
     ]
