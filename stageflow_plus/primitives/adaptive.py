@@ -123,7 +123,7 @@ class AdaptiveLimit:
         self._probing = False
         self._probe_saved = 0.0
         self._streak = 0  # windows in a row that grew
-        self._cut_inflight = 0.0  # in-flight and rtt of the window before the last cut
+        self._cut_inflight = 0.0  # in-flight and rtt before the first of the latest cuts
         self._cut_rtt = 0.0
         self._xmax = [0.0] * _XMAX_WINDOWS  # throughput of the last windows (a ring)
         self._rtts = [0.0] * _KEPT  # the window's round trips (a ring of fixed size)
@@ -223,8 +223,8 @@ class AdaptiveLimit:
             else:
                 target, reason = self._limit, ""
                 self._streak = 0
-            if reason != "rtt":
-                self._cut_inflight = 0.0
+            if reason in ("grow", "drop"):
+                self._cut_inflight = 0.0  # (holds between cuts keep the streak of cuts)
             if drops or queueing < tolerance:
                 self._suspect = False
             self._grew = reason == "grow"
@@ -287,7 +287,8 @@ class AdaptiveLimit:
         if self._recall > 0.0 and limit > 1.2 * self._recall_base:
             self._recall = 0.0  # grown back toward it and queueing: capacity did not return
         step = 1.0 if queueing >= s.cut_above else s.smoothing
-        self._cut_inflight, self._cut_rtt = inflight, rtt
+        if self._cut_inflight <= 0.0:  # the first cut of a streak: what it started from
+            self._cut_inflight, self._cut_rtt = inflight, rtt
         target = max(limit + step * (aim - limit), limit * (1.0 - s.max_decrease))
         if int(target + 0.5) >= self._cap:
             target = limit - 1.0  # a cut that rounds to nothing still takes one call off
@@ -320,9 +321,10 @@ class AdaptiveLimit:
         return max(limit * (1.0 + step), limit + 1.0), "grow"
 
     def _stale_baseline(self, rtt: float, inflight: float) -> bool:
-        """A large cut lowered in-flight but the round trip fell by less than half of what
-        queueing predicts (``max(R0, rtt · inflight_after / inflight_before)``): the calls
-        were not queueing, the provider got slower; ``R0`` is stale."""
+        """Cuts (one large or several small) lowered in-flight by 20 % or more but the round
+        trip fell by less than half of what queueing predicts (``max(R0, rtt ·
+        inflight_after / inflight_before)``): the calls were not queueing — the provider, or
+        the caller's own machine, got slower; ``R0`` is stale."""
         if self._cut_inflight <= 0.0 or inflight > self._cut_inflight * _STALE_INFLIGHT:
             return False
         expected = max(self._rtt0, self._cut_rtt * inflight / self._cut_inflight)
