@@ -223,7 +223,7 @@ class AdaptiveLimit:
             else:
                 target, reason = self._limit, ""
                 self._streak = 0
-            if reason in ("grow", "drop"):
+            if reason in ("grow", "drop") or queueing < tolerance:
                 self._cut_inflight = 0.0  # (holds between cuts keep the streak of cuts)
             if drops or queueing < tolerance:
                 self._suspect = False
@@ -276,6 +276,7 @@ class AdaptiveLimit:
         if limit <= aim * (1.0 + max(_DEADBAND, self._noise)):
             self._suspect = False
             self._knee = capacity
+            self._cut_inflight = 0.0  # (a streak of cuts ends at the knee)
             return self._limit, ""  # at the knee, as intended
         if not self._suspect and not (self._grew and queueing >= s.cut_above):
             # confirm over a second window (noise? a stall?) — unless our own growth just
@@ -325,6 +326,9 @@ class AdaptiveLimit:
         trip fell by less than half of what queueing predicts (``max(R0, rtt ·
         inflight_after / inflight_before)``): the calls were not queueing — the provider, or
         the caller's own machine, got slower; ``R0`` is stale."""
+        if self._cut_inflight > 0.0 and rtt > self._cut_rtt:
+            self._cut_inflight, self._cut_rtt = inflight, rtt  # worse: measure from here
+            return False
         if self._cut_inflight <= 0.0 or inflight > self._cut_inflight * _STALE_INFLIGHT:
             return False
         expected = max(self._rtt0, self._cut_rtt * inflight / self._cut_inflight)
