@@ -203,7 +203,8 @@ class AdaptiveLimit:
         else:
             if n >= s.min_samples and rtt > 0.0 and (self._rtt0 <= 0.0 or rtt < self._rtt0):
                 self._rtt0 = rtt
-            queueing = 1.0 - self._rtt0 / rtt if rtt > 0.0 and self._rtt0 > 0.0 else 0.0
+            rtt0 = self._rtt0
+            queueing = max(0.0, 1.0 - rtt0 / rtt) if rtt > 0.0 and rtt0 > 0.0 else 0.0
             capacity = inflight * (1.0 - queueing)
             if n:
                 self._capacity = capacity
@@ -219,7 +220,7 @@ class AdaptiveLimit:
                     return
                 target, reason = self._on_queueing(queueing, capacity, inflight, rtt)
             elif self._peak >= self._cap and now >= self._grow_after:
-                target, reason = self._grow(queueing < tolerance)
+                target, reason = self._grow(queueing < s.tolerance / 2)
             else:
                 target, reason = self._limit, ""
                 self._streak = 0
@@ -311,11 +312,12 @@ class AdaptiveLimit:
             if limit >= 0.9 * self._recall:
                 self._recall = 0.0
             elif self._streak >= 1 and clear:
-                # a second window in a row with room, and no queueing: capacity is back
+                # a second window in a row with room and no queueing at all (half the
+                # configured tolerance, however noisy): capacity is back
                 target = max(self._recall, limit + 1.0)
                 self._knee, self._recall, self._streak = self._recall, 0.0, 0
                 return target, "grow"
-        if 0.95 * self._knee <= limit <= 1.3 * self._knee:
+        if 0.95 * self._knee <= limit <= 1.15 * self._knee:
             self._streak = 0  # where queueing began last time: the smallest step
         step = s.growth[min(self._streak, len(s.growth) - 1)]
         self._streak += 1
