@@ -220,6 +220,8 @@ class AdaptiveLimit:
                     return
                 target, reason = self._on_queueing(queueing, capacity, inflight, rtt)
             elif self._peak >= self._cap and now >= self._grow_after:
+                if queueing >= tolerance:
+                    self._streak = 0  # room, but some queueing: no larger steps
                 target, reason = self._grow(queueing < s.tolerance / 2)
             else:
                 target, reason = self._limit, ""
