@@ -5,29 +5,36 @@ with every sample (plain numbers in, a limit out), so it is tested with plain nu
 run on any clock. :class:`~stageflow_plus.interceptors.adaptive.AdaptiveConcurrency` feeds
 it from the admission gate and applies its limit to a ``ConcurrencyLimiter`` partition.
 
-Per call, :meth:`AdaptiveLimit.sample` only adds to running sums (no allocation); once per
-*window* (at least ``window`` seconds and ``window_rtts`` no-load round trips, and at least
-``min_samples`` samples) the policy decides. With ``R0`` the no-load round trip (the lowest
-window mean since the last probe), ``rtt`` the window's mean round trip, ``inflight`` the
-mean calls in flight at completions and ``L`` the limit:
+Per call, :meth:`AdaptiveLimit.sample` adds to running sums and one fixed ring of the
+window's round trips (no state grows); once per *window* (at least ``window`` seconds and
+``window_rtts`` no-load round trips, one more round trip after a change, at least
+``min_samples`` samples) it decides. With ``R0`` the no-load round trip (the lowest window
+median since the last probe), ``rtt`` the window's median round trip (a stall that delays a
+few calls moves it little), ``inflight`` the mean calls in flight at completions and ``L``
+the limit:
 
 * **capacity** ``Ĉ = inflight · R0 / rtt`` — the throughput (``inflight / rtt``, Little's
   law) times the no-load latency: how many calls in flight the provider serves without
   queueing. ``q = 1 − R0 / rtt`` is the share of the round trip spent queueing (the
   gradient is ``R0 / rtt``).
-* **drop** (429, 503, a timeout, a ``Retry-After``): ``L ← min(L · drop_backoff, Ĉ ·
-  (1 + headroom))``; no growth for the next window.
-* **queueing** (``q ≥ tolerance``): ``L`` moves to ``Ĉ · (1 + headroom)`` — at once when
-  ``q ≥ cut_above``, else by ``smoothing`` of the way — never up, never below ``L ·
-  (1 − max_decrease)`` in one window.
-* **growth** (``q < tolerance``, no drop, and the limit was *used*: calls in flight reached
-  it): ``L ← L · (1 + growth[k])`` for the ``k``-th window in a row that grew (small steps
-  first, larger while nothing pushes back), by at least one call. An unused limit never grows.
-* **probe**: when a cut bought no lower latency (in-flight fell by ``≥ 10 %`` but the round
-  trip did not — the calls were not queueing, the provider got slower) or every
+* **drop** (429, 503, a timeout, a ``Retry-After``) decides at once: ``L ← min(L ·
+  drop_backoff, Ĉ · (1 + headroom))``, at least one call less; no growth for two windows.
+* **queueing** (``q`` at or above the tolerance, which widens with the measured
+  window-to-window noise; the limit at least half used): ``L`` moves to ``Ĉ · (1 +
+  headroom)`` — at once when ``q ≥ cut_above``, else by ``smoothing`` of the way, at least
+  one call, never below ``L · (1 − max_decrease)`` — once a second window confirms it,
+  unless our own growth just made the provider queue a lot; within a small dead band above
+  that aim the limit holds (the knee).
+* **growth** (no queueing, or the last growth added calls without raising the round trip —
+  *room* —, the limit used: calls in flight reached it): ``L ← L · (1 + growth[k])`` for the
+  ``k``-th window in a row, by at least one call; only the smallest step near the last knee
+  or when only room justifies it. An unused limit never grows.
+* **recall**: a large cut remembers the capacity seen before it (throughput × ``R0``); a
+  second growth window in a row with no queueing at all goes straight back there.
+* **probe**: when cuts lowered in-flight by 20 % but the round trip did not follow (the
+  provider, or the caller's machine, got slower: ``R0`` is stale) or every
   ``probe_interval`` seconds, the limit is pinned to ``probe_fraction`` of the estimated
-  capacity for one window and ``R0`` is re-learned from that window's mean round trip; the
-  limit then returns to where it was.
+  capacity for one window and ``R0`` is re-learned from it; the limit then returns.
 * Samples of calls admitted before the last limit change (and drops among them) are left
   out: they measure the old limit. The limit stays in ``[min_limit, max_limit]``.
 
