@@ -16,6 +16,8 @@
   ``asyncio.Semaphore`` (per-call overhead, 10 000 tasks, waiter scaling and memory).
 * ``stageflow-plus bench --processes 4 [--backend redis://...]`` — one limit shared by
   several processes on Redis against per-process limits.
+* ``stageflow-plus bench --adaptive [--quick] [--json PATH] [--plot DIR]`` — adaptive
+  concurrency against a provider whose capacity moves (also part of the full ``bench``).
 
 .. versionadded:: 0.1.0
 """
@@ -60,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="the limiter's own overhead against asyncio.Semaphore")
     mode.add_argument("--processes", type=int, metavar="N",
                       help="N worker processes sharing one limit (needs --backend or redis)")
+    mode.add_argument("--adaptive", action="store_true",
+                      help="adaptive concurrency against a provider whose capacity moves")
     bench.add_argument("--backend", metavar="URL",
                        help="redis://host:port/db for --processes (default: a temporary "
                             "redis-server)")
@@ -96,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_core_bench(quick=args.quick)
             print(format_core_table(result))
             _write_json(result, args.json)
+            return 0
+        if args.adaptive:
+            from .bench.adaptive import run_adaptive_bench
+
+            run_adaptive_bench(quick=args.quick, json_path=args.json, plot_dir=args.plot)
             return 0
         if args.processes is not None:
             if args.processes < 1:
