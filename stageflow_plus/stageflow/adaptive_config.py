@@ -110,7 +110,7 @@ def adaptive_from_config(
             "limit is shared by every process; adapt it with the in-memory backend"
         )
     partition = section.get("partition", "tool")
-    if partition not in _STARTS:
+    if not isinstance(partition, str) or partition not in _STARTS:
         raise ConfigError(
             f"{_WHERE}.partition must be one of {', '.join(sorted(_STARTS))}, got {partition!r}"
         )
