@@ -42,6 +42,7 @@ from ..interceptors import (
     ToolCallChain,
 )
 from ..primitives import Rate, Rejected
+from .listeners import SilentListener
 from .memory import rss_mib, state_sizes
 
 __all__ = ["DEFAULT_SIZES", "QUICK_SIZES", "format_reliability_table", "run_reliability"]
@@ -62,15 +63,6 @@ BOUNDED_TABLE = 5_000
 LAG_RATIO = 1.5
 
 
-class _Silent:
-    """Drops limiter events: this benchmark measures state and the loop, not logging."""
-
-    immediate_events = False
-
-    def on_queued(self, info: Any, depth: int) -> None: ...
-    def on_admitted(self, info: Any, wait: float) -> None: ...
-    def on_rejected(self, info: Any, error: Rejected) -> None: ...
-    def on_released(self, info: Any, held: float) -> None: ...
 
 
 def _chain() -> ToolCallChain:
@@ -86,7 +78,7 @@ def _chain() -> ToolCallChain:
             ),
             ConcurrencyLimiter(64, per_run=2, per_tenant=8),
         ],
-        listener=_Silent(),
+        listener=SilentListener(),
     )
 
 

@@ -33,7 +33,7 @@ from ...interceptors import ConcurrencyLimiter, ToolCall, ToolCallChain
 from ...interceptors.adaptive import AdaptiveConcurrency
 from ...interceptors.drops import default_is_drop
 from ...primitives.adaptive import AdaptiveLimit, AdaptiveSettings
-from .run import _Quiet
+from ..listeners import SilentListener
 
 __all__ = ["measure_cost"]
 
@@ -71,7 +71,7 @@ async def _chain_cost(adaptive: bool, n: int) -> float:
     steps: list[Any] = [ConcurrencyLimiter(per_tool=1_000)]
     if adaptive:
         steps.append(AdaptiveConcurrency("tool", settings=AdaptiveSettings(max_limit=1_000)))
-    chain = ToolCallChain(steps, listener=_Quiet())
+    chain = ToolCallChain(steps, listener=SilentListener())
     call = ToolCall(tool="t")
     run = chain.run
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ async def _chain_cost(adaptive: bool, n: int) -> float:
 async def _retained(calls: int) -> int:
     steps = [ConcurrencyLimiter(per_tool=1_000),
              AdaptiveConcurrency("tool", settings=AdaptiveSettings(max_limit=1_000))]
-    chain = ToolCallChain(steps, listener=_Quiet())
+    chain = ToolCallChain(steps, listener=SilentListener())
     call = ToolCall(tool="t")
     for _ in range(5_000):  # (past the limiter's own bounded statistics, 2 048 entries)
         await chain.run(call, _tool)

@@ -44,6 +44,7 @@ from ...primitives.adaptive import AdaptiveLimit, AdaptiveStatistics
 from ...stageflow.scope import call_scope
 from ...stageflow.tools import LimitedToolRegistry
 from ...testing import SimpleAction
+from ..listeners import SilentListener
 from .baselines import AimdLimit, VegasLimit
 from .host import ProviderProcess
 from .workloads import AdaptiveBenchConfig, AdaptiveWorkload, workloads
@@ -88,15 +89,6 @@ class CapacityTool(BaseTool):
         return ToolOutput(success=True, data=data)
 
 
-class _Quiet:
-    """Drops limiter events (a flood would otherwise log one line per refusal)."""
-
-    immediate_events = False
-
-    def on_queued(self, info: Any, depth: int) -> None: ...
-    def on_admitted(self, info: Any, wait: float) -> None: ...
-    def on_rejected(self, info: Any, error: Rejected) -> None: ...
-    def on_released(self, info: Any, held: float) -> None: ...
 
 
 _POLICIES: dict[str, PolicyFactory] = {
@@ -120,7 +112,7 @@ def build_chain(strategy: str, cfg: AdaptiveBenchConfig) -> tuple[ToolCallChain,
     if strategy not in ("fixed_low", "fixed_high"):
         adaptive = AdaptiveConcurrency("tool", settings=cfg.settings(), policy=_POLICIES[strategy])
         steps.append(adaptive)
-    return ToolCallChain(steps, listener=_Quiet()), adaptive
+    return ToolCallChain(steps, listener=SilentListener()), adaptive
 
 
 @dataclass(slots=True)
