@@ -116,10 +116,10 @@ def check_config(path: str) -> int:
 
 def show_config(path: str | None) -> int:
     """Print the effective config of ``path`` (or the environment's) as TOML; the exit code."""
-    from .config import _load
+    from .config_load import load_checked
 
     try:
-        config, from_env = _load(path, None)
+        config, from_env = load_checked(path, None)
     except ConfigError as error:
         print(f"{path or 'environment'}: error: {error}", file=sys.stderr)
         return 1
