@@ -83,7 +83,7 @@ from .llm_config import with_llm_steps
 from .order import check_order
 from .overrides import Ceilings
 from .plugins import load_interceptor
-from .redact import redact_error, redact_url, show
+from .redact import redact_error, redact_text, redact_url, show
 from .tools import CostEstimator, LimitedAdvancedToolExecutor, LimitedToolRegistry
 
 __all__ = [
@@ -126,6 +126,12 @@ class StageflowPlus:
     interceptors: list[BaseInterceptor]
     config: Mapping[str, Any]
     backend: LimitsBackend = field(default_factory=MemoryBackend)
+
+    def __repr__(self) -> str:
+        """The fields, with every URL's credentials hidden (the config holds the backend URL)."""
+        return redact_text(f"StageflowPlus(chain={self.chain!r}, "
+                           f"interceptors={self.interceptors!r}, config={self.config!r}, "
+                           f"backend={self.backend!r})")
 
     async def aclose(self) -> None:
         """Close the backend's connections (held Redis leases then expire by TTL)."""

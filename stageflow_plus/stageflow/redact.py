@@ -12,6 +12,8 @@ import re
 import reprlib
 from typing import Any
 
+from ..backends.redact import _SECRET_PARAMS
+
 __all__ = ["redact_error", "redact_text", "redact_url", "show"]
 
 
@@ -28,13 +30,19 @@ def redact_url(url: str) -> str:
 
 _CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 _CREDENTIALS_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s'\"]*)@")
+# a URL's secret query values (the names backends.redact hides), wherever a URL is quoted
+_SECRET_NAMES = "|".join(sorted(_SECRET_PARAMS))
+_SECRET_QUERY_IN_TEXT = re.compile(rf"([?&](?:{_SECRET_NAMES})=)[^&#\s'\"]*", re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:
-    """``text`` (e.g. a value's repr in a message) with every URL's credentials hidden."""
-    return _CREDENTIALS_IN_TEXT.sub(
+    """``text`` (e.g. a value's repr in a message) with every URL's credentials hidden: the
+    password of ``user:password@`` and the values of secret query parameters (``password=``,
+    ``token=``, … as :mod:`stageflow_plus.backends.redact` lists them)."""
+    text = _CREDENTIALS_IN_TEXT.sub(
         lambda m: m.group(1) + (f"{m.group(2).partition(':')[0]}:***@" if ":" in m.group(2)
                                 else "***@"), text)
+    return _SECRET_QUERY_IN_TEXT.sub(lambda m: m.group(1) + "***", text)
 
 
 def show(value: Any) -> str:
