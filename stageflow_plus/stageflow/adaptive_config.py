@@ -28,6 +28,7 @@ is not supported yet). Every entry is validated: a ``ConfigError`` names it.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,7 +75,8 @@ def apply_adaptive_env(config: dict[str, Any], environ: Mapping[str, str]) -> No
             value = int(raw)
         except ValueError:
             raise ConfigError(
-                f"environment variable STAGEFLOW_PLUS_ADAPTIVE_{name} must be an int, got {raw!r}"
+                f"environment variable STAGEFLOW_PLUS_ADAPTIVE_{name} must be an int, "
+                f"got {reprlib.repr(raw)}"
             ) from None
         section = config.setdefault("adaptive", {})
         if isinstance(section, dict):

@@ -129,14 +129,20 @@ def _load_unredacted(
     adaptive_env = [name for name in ADAPTIVE_ENV_VARS if environ.get(name, "") != ""]
     apply_adaptive_env(config, environ)
     applied += adaptive_env
-    if applied:
-        _check_keys(config)
-        config = check_sections(config)
-    # sections with their own schema: checked here too, so a loaded config is a valid one
-    if "llm" in config:
-        llm_steps(config["llm"], config, None)
-    if "adaptive" in config:
-        adaptive_from_config(config)
+    try:
+        if applied:
+            _check_keys(config)
+            config = check_sections(config)
+        # sections with their own schema: checked here too, so a loaded config is a valid one
+        if "llm" in config:
+            llm_steps(config["llm"], config, None)
+        if "adaptive" in config:
+            adaptive_from_config(config)
+    except ConfigError as error:
+        if not applied:
+            raise
+        raise ConfigError(f"{error} (with the environment variables {', '.join(applied)} "
+                          "merged into the config)") from error
     return config, applied
 
 

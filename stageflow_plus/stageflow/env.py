@@ -14,6 +14,7 @@ adds one) and keeps every other rate, e.g. the TPM bucket. An empty value counts
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +72,16 @@ def check_env_names(environ: Mapping[str, str]) -> None:
 
     :raises ConfigError: naming the variable and listing the known ones.
     """
+    for name in environ:
+        if not isinstance(name, str):
+            raise ConfigError(f"environment: variable names are strings, got {show(name)}")
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in ENV_VARS:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if not isinstance(environ[name], str):
+            raise ConfigError(f"environment variable {name}: values are strings, "
+                              f"got {show(environ[name])}")
+        if name not in ENV_VARS:
             raise ConfigError(
                 f"environment variable {name} is not one stageflow-plus reads (a typo?); "
                 f"known: {', '.join(sorted(ENV_VARS))}"
@@ -90,7 +99,7 @@ def _int_var(environ: Mapping[str, str], name: str, minimum: int) -> int | None:
         value = None
     if value is None or value < minimum:
         raise ConfigError(
-            f"environment variable {name}={raw!r} must be an int >= {minimum} "
+            f"environment variable {name}={reprlib.repr(raw)} must be an int >= {minimum} "
             f"(it sets stageflow_plus.{entry})"
         )
     return value

@@ -385,3 +385,20 @@ def test_an_excessive_per_run_rate_names_its_ctx_data_entry() -> None:
                                                 r"exceeds the operator's ceiling 1\.0"):
         read_overrides({"_rates": {"requests": 2.0}},
                        Ceilings(max_rates={"requests": 1.0}, on_excess="error"))
+
+
+def test_env_mappings_with_non_strings_or_huge_values_are_refused_clearly() -> None:
+    with pytest.raises(ConfigError, match=r"STAGEFLOW_PLUS_RPM: values are strings, got 100"):
+        sfp.load_config({}, env={"STAGEFLOW_PLUS_RPM": 100})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=r"variable names are strings, got 5"):
+        sfp.load_config({}, env={5: "x"})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError) as info:
+        sfp.load_config({}, env={"STAGEFLOW_PLUS_RPM": "9" * 5000 + "x"})
+    assert "STAGEFLOW_PLUS_RPM" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_an_error_that_only_the_environment_caused_says_so() -> None:
+    with pytest.raises(ConfigError, match=r"default_priority = 3 is above .*max_priority = 1.*"
+                                          r"STAGEFLOW_PLUS_MAX_PRIORITY merged"):
+        sfp.load_config({"priority": {}, "ceilings": {"default_priority": 3}},
+                        env={"STAGEFLOW_PLUS_MAX_PRIORITY": "1"})
