@@ -96,8 +96,10 @@ def test_config_show_is_the_effective_config_redacted_and_readable_back(
     path.write_text(EXAMPLE.read_text().replace(
         "stageflow_defaults = true", 'stageflow_defaults = true\nplugins = ["audit"]')
         + '\n[stageflow_plus.plugin_options.audit]\napi_key = "sk-live-123"\nmax_tokens = 5\n')
-    assert main(["config", "show", str(path)]) == 0
-    out = capsys.readouterr().out
+    # no plugin "audit" is installed here: the config is shown, then refused like `check` does
+    assert main(["config", "show", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "unknown interceptor 'audit'" in err and "hunter2" not in err
     assert "hunter2" not in out and "sk-live-123" not in out
     assert "redis://user:***@127.0.0.1:6390/0" in out and 'api_key = "***"' in out
     assert "merged from the environment: STAGEFLOW_PLUS_BACKEND, STAGEFLOW_PLUS_RPM" in out
@@ -127,3 +129,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         if name.startswith("STAGEFLOW_PLUS_") and name not in {
                 "STAGEFLOW_PLUS_PURE", "STAGEFLOW_PLUS_REQUIRE_COMPILED", "STAGEFLOW_PLUS_VENV"}:
             monkeypatch.delenv(name)
+
+
+def test_config_show_refuses_what_config_check_refuses(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    path = tmp_path / "c.toml"
+    path.write_text("[stageflow_plus.plugin_options.acme]\napi_key = \"sk-live-123\"\n"
+                    "[stageflow_plus.concurrency]\nlimit = 2\n")
+    assert main(["config", "check", str(path)]) == 1
+    check_err = capsys.readouterr().err
+    assert main(["config", "show", str(path)]) == 1
+    shown = capsys.readouterr()
+    assert "limit = 2" in shown.out and "sk-live-123" not in shown.out + shown.err
+    assert "plugin that is not listed in stageflow_plus.plugins" in shown.err
+    assert "plugin that is not listed in stageflow_plus.plugins" in check_err

@@ -126,4 +126,15 @@ def show_config(path: str | None) -> int:
     source = path or os.environ.get(f"{ENV_PREFIX}CONFIG") or "(environment only)"
     sys.stdout.write(f"# effective stageflow-plus config of {source}\n"
                      + effective_toml(config, from_env))
+    try:  # what `config check` would refuse is refused here too (e.g. a plugin's options)
+        _summary(path) if path is not None else _build_env_only()
+    except ConfigError as error:
+        print(f"{source}: error: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _build_env_only() -> None:
+    from .config import build
+
+    asyncio.run(build(None).aclose())
