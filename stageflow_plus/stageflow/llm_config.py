@@ -226,7 +226,10 @@ def llm_steps(section: Mapping[str, Any], cfg: Mapping[str, Any],
     if retry is not None:
         before.append(retry)
     if estimator != "none":
-        counter = tiktoken_counter() if estimator == "tiktoken" else chars_per_token
+        try:
+            counter = tiktoken_counter() if estimator == "tiktoken" else chars_per_token
+        except ConfigError as error:
+            raise ConfigError(f"stageflow_plus.llm.estimator = 'tiktoken': {error}") from error
         before.append(TokenEstimate(tools=tools, counter=counter, default_max_tokens=default_max))
     return before, limits
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,13 @@ def test_llm_excludes_a_rate_table_and_redis() -> None:
         _build(llm, rate={"rates": ["1/minute"]})
     with pytest.raises(ConfigError, match="Redis"):
         _build(llm, backend={"url": "redis://127.0.0.1:1/0"})
+
+
+def test_a_missing_tiktoken_is_an_error_naming_the_estimator_entry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # import fails as when not installed
+    with pytest.raises(ConfigError, match=r"stageflow_plus\.llm\.estimator = 'tiktoken': .*"
+                                          r"pip install 'stageflow-plus\[tiktoken\]'"):
+        stageflow_plus.build({"llm": {"provider": "openai", "tools": ["LLM"],
+                                      "estimator": "tiktoken"}},
+                             env={})
