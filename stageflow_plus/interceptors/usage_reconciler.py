@@ -11,7 +11,8 @@ anthropic_usage`) and adjusts the call's lease, so the token buckets reflect it 
   as OpenAI documents).
 
 A reader that raises or returns junk (not a mapping of finite numbers ``>= 0``) is logged
-(logger ``"stageflow_plus"``, WARNING) and the estimate stands; the tool's result is kept.
+(logger ``"stageflow_plus"``, WARNING, aggregated: the first per tool at once, then one line
+per tool per 10 s with the count) and the estimate stands; the tool's result is kept.
 
 .. versionadded:: 0.2.0
 """
@@ -23,6 +24,7 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from .._logging import LogDigest, stdlib_emit
 from ..primitives.errors import ConfigError
 from ..primitives.lease import Lease
 from ..primitives.resources import TokenBucket
@@ -44,7 +46,7 @@ class UsageReconciler(LimitPart):
     :param tools: the tools whose results are read (default: all).
     """
 
-    __slots__ = ("_reader", "_refund", "_tools", "adjusted")
+    __slots__ = ("_digest", "_reader", "_refund", "_tools", "adjusted")
 
     observes_results = True
 
@@ -65,6 +67,7 @@ class UsageReconciler(LimitPart):
         self._tools = frozenset(tools) if tools is not None else None
         #: leases adjusted so far
         self.adjusted = 0
+        self._digest: LogDigest | None = None  # made on first use, on the chain's clock
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         if result is None or (self._tools is not None and call.tool not in self._tools):
@@ -72,8 +75,8 @@ class UsageReconciler(LimitPart):
         try:
             usage = self._reader(result)
         except Exception as error:  # a broken reader: the estimate stands, the result is kept
-            logger.warning("stageflow_plus: usage reader %r failed for %s: %r", self._reader,
-                           call.tool, error)
+            self._warn(call, "reader_failed",
+                       f"usage reader {self._reader!r} failed for {call.tool}: {error!r}")
             return
         if usage is None:
             return
@@ -88,18 +91,28 @@ class UsageReconciler(LimitPart):
 
     def _checked(self, usage: Any, call: ToolCall) -> dict[str, float] | None:
         if not isinstance(usage, Mapping):
-            logger.warning("stageflow_plus: usage of %s is not a mapping: %r", call.tool, usage)
+            self._warn(call, "not_a_mapping", f"usage of {call.tool} is not a mapping: {usage!r}")
             return None
         out: dict[str, float] = {}
         for name, value in usage.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 0 <= value < math.inf
             ):
-                logger.warning("stageflow_plus: ignored usage of %s: %r = %r (not a finite "
-                               "number >= 0)", call.tool, name, value)
+                self._warn(call, "not_a_count", f"ignored usage of {call.tool}: {name!r} = "
+                           f"{value!r} (not a finite number >= 0)")
                 return None
             out[str(name)] = float(value)
         return out
+
+    def _warn(self, call: ToolCall, label: str, text: str) -> None:
+        """Log an unusable usage: the first per tool at once, then a count per window."""
+        if self._digest is None:
+            self._digest = LogDigest(stdlib_emit(logger), clock=self.gate.limiter.clock)
+        self._digest.note(
+            logging.WARNING, call.tool, label, what="unusable usages (the estimate stood)",
+            event="tool_call.usage_unusable",
+            first=lambda: ("tool_call.usage_unusable", f"stageflow_plus: {text}; the estimate "
+                           "stands", {"tool": call.tool}))
 
     def __repr__(self) -> str:
         return f"UsageReconciler({self._reader!r}, refund={self._refund})"

@@ -147,3 +147,27 @@ async def test_reconciler_refunds_or_only_charges(caplog: pytest.LogCaptureFixtu
     assert len([r for r in caplog.records if "usage" in r.getMessage()]) == 3
     with pytest.raises(ConfigError):
         UsageReconciler("reader")  # type: ignore[arg-type]
+
+
+async def test_a_reader_failing_on_every_call_logs_one_line_then_a_count(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
+
+    def broken(result: Any) -> Any:
+        raise RuntimeError("bad reader")
+
+    rate = TokenBucketRateLimiter(Rate(1e6, per=1, dimension="tokens"), key="global")
+    chain = ToolCallChain([rate, UsageReconciler(broken), ConcurrencyLimiter(5)], clock=clock)
+
+    async def tool(call: ToolCall) -> Any:
+        return {"answer": 42}
+
+    with caplog.at_level(logging.WARNING, logger="stageflow_plus"):
+        results = [await chain.run(ToolCall("llm", cost={"tokens": 10.0}), tool)
+                   for _ in range(50)]
+        assert results == [{"answer": 42}] * 50  # every result kept
+        lines = [r.getMessage() for r in caplog.records if "usage" in r.getMessage()]
+        assert len(lines) == 1 and "bad reader" in lines[0]
+        clock.advance(10.0)  # the window ends: one summary with the count
+        lines = [r.getMessage() for r in caplog.records if "usage" in r.getMessage()]
+    assert len(lines) == 2 and "49 more unusable usages" in lines[1], lines
