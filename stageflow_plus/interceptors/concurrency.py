@@ -73,9 +73,13 @@ def _tenant_key(call: ToolCall) -> str:
     return call.tenant
 
 
-def _split(value: int | Mapping[str, int] | None) -> tuple[int | None, Mapping[str, int]]:
+def _split(value: int | Mapping[str, int] | None, name: str = "per_tool"
+           ) -> tuple[int | None, Mapping[str, int]]:
     if value is None or isinstance(value, int):
         return value, _NO_OVERRIDES
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"ConcurrencyLimiter {name} must be an int or a mapping of key to "
+                          f"int, got {type(value).__name__}")
     return None, dict(value)
 
 
@@ -148,7 +152,7 @@ class ConcurrencyLimiter(LimitPart):
             ("tenant", per_tenant, _tenant_key),
         ):
             if value is not None:
-                default, overrides = _split(value)
+                default, overrides = _split(value, f"per_{name}")
                 specs.append(Partition(name, key, default, overrides))
         specs.append(Partition("run", _run_key, per_run))  # always present for overrides
         specs.extend(partitions)

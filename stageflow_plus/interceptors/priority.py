@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+from ..primitives.dimensions import check_dimension
 from ..primitives.errors import ConfigError
 from ..primitives.ordering import PriorityFairOrdering
 from .call import ToolCall
@@ -66,6 +68,14 @@ class PriorityFairQueue(LimitPart):
             raise ConfigError(
                 f"PriorityFairQueue max_priority must be an int, got {max_priority!r}"
             )
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigError(f"PriorityFairQueue weights must be a mapping of tenant to weight, "
+                              f"got {type(weights).__name__}")
+        for tenant, weight in (weights or {}).items():
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and (
+                    weight == math.inf):
+                raise ConfigError(f"PriorityFairQueue weight of tenant {tenant!r} must be "
+                                  f"finite, got {weight!r}")
         # validate eagerly through the ordering's own checks
         PriorityFairOrdering(
             aging_interval=aging_interval, weights=weights, default_weight=default_weight
@@ -73,6 +83,8 @@ class PriorityFairQueue(LimitPart):
         self._aging = aging_interval
         self._weights = dict(weights or {})
         self._default_weight = default_weight
+        if fair_cost != "calls":
+            check_dimension(fair_cost, "PriorityFairQueue fair_cost")
         self._fair_dimension = None if fair_cost == "calls" else fair_cost
         self.max_priority = max_priority
 

@@ -122,6 +122,9 @@ class TokenBucketRateLimiter(LimitPart):
             self._key = key
         else:
             raise ConfigError(f"TokenBucketRateLimiter key must be a str or callable, got {key!r}")
+        if per_key_rates is not None and not isinstance(per_key_rates, Mapping):
+            raise ConfigError(f"TokenBucketRateLimiter per_key_rates must be a mapping of key "
+                              f"to Rate(s), got {type(per_key_rates).__name__}")
         self._per_key = {
             k: self._check_rates(v, f"per_key_rates[{k!r}]")
             for k, v in (per_key_rates or {}).items()
@@ -135,6 +138,10 @@ class TokenBucketRateLimiter(LimitPart):
 
     @staticmethod
     def _check_rates(rates: Rate | Sequence[Rate], where: str) -> tuple[Rate, ...]:
+        if not isinstance(rates, Rate) and (isinstance(rates, (str, bytes)) or not isinstance(
+                rates, Sequence)):
+            raise ConfigError(f"TokenBucketRateLimiter {where} must be one or more Rate objects, "
+                              f"got {type(rates).__name__}")
         items = (rates,) if isinstance(rates, Rate) else tuple(rates)
         if not items or not all(isinstance(r, Rate) for r in items):
             raise ConfigError(f"TokenBucketRateLimiter {where} must be one or more Rate objects")

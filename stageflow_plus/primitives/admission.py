@@ -73,6 +73,9 @@ class AdmissionPolicy:
                 raise ConfigError(
                     f"AdmissionPolicy.shedding must be one of {choices}; got {self.shedding!r}"
                 ) from None
+        if not isinstance(self.deadline_aware, bool):
+            raise ConfigError(f"AdmissionPolicy.deadline_aware must be True or False, "
+                              f"got {self.deadline_aware!r}")
         if self.max_wait is not None and (
             isinstance(self.max_wait, bool)
             or not isinstance(self.max_wait, (int, float))

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .dimensions import check_dimension
 from .errors import ConfigError
 
 __all__ = ["PERIODS", "Rate"]
@@ -110,6 +111,7 @@ class Rate:
             )
         if not isinstance(self.dimension, str) or not self.dimension.strip():
             raise ConfigError(f"Rate.dimension must be a non-empty string, got {self.dimension!r}")
+        check_dimension(self.dimension, "Rate.dimension")  # a typo of 'tokens' limits nothing
         if not isinstance(self.start_full, bool):
             raise ConfigError(f"Rate.start_full must be True or False, got {self.start_full!r}")
 

@@ -3,6 +3,8 @@
 .. versionadded:: 0.1.0
 """
 
+from ..interceptors.dimensions import UnchargedDimensionWatch
+from ..primitives.dimensions import KNOWN_DIMENSIONS, register_dimension
 from .adapters import (
     PARTIAL_KEY,
     REFUSED_KEY,
@@ -23,7 +25,6 @@ from .batch import (
     run_batch,
 )
 from .config import StageflowPlus, build, load_config
-from .dimensions import KNOWN_DIMENSIONS, UnchargedDimensionWatch, register_dimension
 from .env import ENV_VARS
 from .events import StageflowEventListener
 from .order import check_order

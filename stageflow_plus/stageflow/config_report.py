@@ -86,8 +86,8 @@ def effective_toml(config: Mapping[str, Any], from_env: Sequence[str] = ()) -> s
 
 
 def _summary(path: str) -> str:
+    from ..interceptors.dimensions import UnchargedDimensionWatch
     from .config import build
-    from .dimensions import UnchargedDimensionWatch
 
     plus = build(path)
     try:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..primitives.admission import Shedding
+from ..primitives.dimensions import check_dimension
 from ..primitives.errors import ConfigError
 from ..primitives.rate import Rate, period_seconds
-from .dimensions import check_dimension
 from .redact import show
 
 __all__ = [

@@ -44,8 +44,8 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from .._logging import LogDigest, get_logger, stdlib_emit
+from ..primitives.dimensions import check_dimension
 from ..primitives.errors import ConfigError
-from .dimensions import check_dimension
 from .redact import redact_text
 
 __all__ = [

@@ -183,7 +183,7 @@ def test_a_bucket_no_declared_cost_charges_is_refused_at_build(
 
 async def test_a_bucket_nothing_charges_is_warned_about_once_at_run_time(
         caplog: pytest.LogCaptureFixture) -> None:
-    from stageflow_plus.stageflow.dimensions import UnchargedDimensionWatch
+    from stageflow_plus.interceptors.dimensions import UnchargedDimensionWatch
 
     plus = sfp.build({"rate": {"rates": ["10/s", {"limit": "100/s",
                                                    "dimension": "gpu_seconds"}]}}, env={})
