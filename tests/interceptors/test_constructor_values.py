@@ -24,18 +24,26 @@ from stageflow_plus import (
 from stageflow_plus.primitives.dimensions import KNOWN_DIMENSIONS
 
 
+def _bad(value: Any) -> Any:
+    """A value of the wrong type, as a hostile or careless caller passes it."""
+    return value
+
+
 @pytest.mark.parametrize(("build", "message"), [
-    (lambda: Backpressure(deadline_aware="false"), r"deadline_aware must be True or False"),
-    (lambda: Backpressure(deadline_aware=1), r"deadline_aware must be True or False"),
-    (lambda: ConcurrencyLimiter(4, per_tool=[1]), r"per_tool must be an int or a mapping"),
-    (lambda: ConcurrencyLimiter(4, per_tenant="acme"), r"per_tenant must be an int or a mapping"),
-    (lambda: TokenBucketRateLimiter(Rate(1, per=1), key="tool", per_key_rates={"a": 5}),
+    (lambda: Backpressure(deadline_aware=_bad("false")), r"deadline_aware must be True or False"),
+    (lambda: Backpressure(deadline_aware=_bad(1)), r"deadline_aware must be True or False"),
+    (lambda: ConcurrencyLimiter(4, per_tool=_bad([1])), r"per_tool must be an int or a mapping"),
+    (lambda: ConcurrencyLimiter(4, per_tenant=_bad("acme")),
+     r"per_tenant must be an int or a mapping"),
+    (lambda: TokenBucketRateLimiter(Rate(1, per=1), key="tool", per_key_rates=_bad({"a": 5})),
      r"per_key_rates\['a'\] must be one or more Rate objects, got int"),
-    (lambda: TokenBucketRateLimiter(Rate(1, per=1), key="tool", per_key_rates=[Rate(1, per=1)]),
+    (lambda: TokenBucketRateLimiter(Rate(1, per=1), key="tool",
+                                    per_key_rates=_bad([Rate(1, per=1)])),
      r"per_key_rates must be a mapping"),
-    (lambda: TokenBucketRateLimiter("600/minute"), r"must be one or more Rate objects, got str"),
+    (lambda: TokenBucketRateLimiter(_bad("600/minute")),
+     r"must be one or more Rate objects, got str"),
     (lambda: PriorityFairQueue(weights={"a": math.inf}), r"weight of tenant 'a' must be finite"),
-    (lambda: PriorityFairQueue(weights=[("a", 1)]), r"weights must be a mapping"),
+    (lambda: PriorityFairQueue(weights=_bad([("a", 1)])), r"weights must be a mapping"),
     (lambda: PriorityFairQueue(fair_cost="token"), r"did you mean 'tokens'"),
     (lambda: Rate(10, per=60, dimension="token"), r"Rate\.dimension = 'token'.*did you mean "
                                                    r"'tokens'"),
