@@ -302,7 +302,7 @@ def _run_mode(redis_url: str, mode: str, configs: list[dict[str, Any]]) -> list[
 
 def _global_queue_runs(redis_url: str, processes: int, quick: bool,
                        latency: dict[str, Any]) -> dict[str, Any]:
-    from .redis_global import summarise_fairness, summarise_priority
+    from .redis_global import summarise_fairness, summarise_priority, wake_ups
 
     window = 3.0 if quick else 8.0
 
@@ -311,7 +311,7 @@ def _global_queue_runs(redis_url: str, processes: int, quick: bool,
 
     rounds = 60 if quick else 300
     wake = run("wake", [{"role": r, "rounds": rounds, "duration": 0.0} for r in (0, 1)])
-    wakes = [x for w in wake for x in w["wake_us"]]
+    wakes = wake_ups(wake)
     # two tenants offering 10:1, spread unevenly: "heavy" over all but the last process(es)
     light_slots = 1 if processes < 3 else 2
     heavy = _uneven(60, max(1, processes - light_slots))
