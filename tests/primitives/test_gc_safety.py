@@ -45,6 +45,8 @@ from stageflow_plus.primitives import (
     TokenBucket,
     Waiter,
 )
+from stageflow_plus.primitives.adaptive import AdaptiveLimit
+from stageflow_plus.primitives.adaptive_settings import AdaptiveSettings
 from stageflow_plus.primitives.dispatch import Dispatcher
 from stageflow_plus.primitives.ordering import _Level, _Tenant
 from stageflow_plus.primitives.queueing import Queueing
@@ -159,6 +161,7 @@ def _instances() -> dict[type, Callable[[], Any]]:
         Queueing: lambda: _populated(Queueing, limiter),
         Limiter: lambda: limiter,
         AdmissionGate: lambda: gate,
+        AdaptiveLimit: lambda: AdaptiveLimit(AdaptiveSettings(), 8, 0.0),
     }
 
 
