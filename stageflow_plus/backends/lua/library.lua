@@ -275,7 +275,9 @@ local function plan_of(text)
   if p == nil then
     local raw = cjson.decode(text)
     p = {prefix = raw[1], aging = raw[2], o = raw[3], l = tonumber(raw[4]), c = raw[5],
-         b = raw[6], z = raw[7], nc = #raw[5], nb = #raw[6], np = #raw[7]}
+         b = raw[6], z = raw[7], nc = #raw[5], nb = #raw[6], np = #raw[7],
+         ex = {raw[1] .. 'q:wait', raw[1] .. 'q:gone'}}
+    for _, z in ipairs(raw[7]) do p.ex[#p.ex + 1] = z end
     if planned >= 256 then plans, planned = {}, 0 end
     plans[text], planned = p, planned + 1
   end
@@ -285,14 +287,12 @@ end
 
 local fresh, tatv = {}, {}  -- scratch of the fast path (overwritten, never read across calls)
 
--- The fast path: nobody queued, no tombstone, every permit free. Touches each key of the
--- plan once or twice and allocates nothing but the answer. Returns the grant time (whole
--- ms, a number), or nil when the call must take the queue's path.
+-- The fast path: nobody queued, no tombstone, no pause (one EXISTS: a pause key exists
+-- only while it runs), every permit free. Touches each key of the plan once or twice and
+-- allocates nothing but the answer. Returns the grant time (whole ms, a number), or nil
+-- when the call must take the queue's path.
 local function fast(p, id, argv, now)
-  if redis.call('EXISTS', Q.wait, Q.gone) ~= 0 then return nil end
-  for i = 1, p.np do
-    if redis.call('PTTL', p.z[i]) > 0 then return nil end
-  end
+  if redis.call('EXISTS', unpack(p.ex)) ~= 0 then return nil end
   for i = 1, p.nc do
     local c = p.c[i]
     local n = redis.call('ZCARD', c[1])
