@@ -9,17 +9,23 @@
   on its local share — in one round trip (the ``restore`` entry point). The rate tokens a
   local share spent are charged back to the global buckets then: what is still owed at
   the global rate (each bucket's spending as a shadow GCRA arrival time at the global
-  rate, less the refill since), so the processes' debts add up to the union's.
+  rate, less the refill since), so the processes' debts add up to the union's. A process
+  with calls admitted locally tries this every ``recheck_s`` (:meth:`Outage.recover`),
+  not only at its next acquire: its callers may all be waiting on the local share, and
+  until it has restored, the calls it runs are unknown to Redis, which may grant their
+  permits to other processes (the excess of the recovery, see :mod:`.degrade`).
 
 .. versionadded:: 0.1.0
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..primitives.errors import BackendUnavailable
 from .lease import RedisLease
 from .records import GlobalBucket, GlobalPool
 
@@ -32,7 +38,7 @@ __all__ = ["Outage"]
 class Outage:
     """The policies' bookkeeping of one backend."""
 
-    __slots__ = ("_backend", "degraded", "due", "spent")
+    __slots__ = ("_backend", "_recovering", "degraded", "due", "spent")
 
     def __init__(self, backend: RedisBackend) -> None:
         self._backend = backend
@@ -40,6 +46,7 @@ class Outage:
         # bucket key -> (bucket, shadow arrival time, ms): its spending at the global rate
         self.spent: dict[str, tuple[GlobalBucket, float]] = {}
         self.due = False  # Redis failed since the last restore
+        self._recovering = False
 
     def open_lease(self) -> RedisLease:
         """A lease standing for "no global permits" (``fail_open``); counts it."""
@@ -67,7 +74,25 @@ class Outage:
         lease = RedisLease(b, b._member(), plan, degraded=True, local=local)
         if pools:
             self.degraded[lease.member] = lease
+            if not self._recovering:
+                self._recovering = True
+                b._spawn(self.recover())
         return lease
+
+    async def recover(self) -> None:
+        """Every ``recheck_s`` while calls admitted locally run: :meth:`restore` once Redis
+        answers (at most one such loop per backend)."""
+        b = self._backend
+        try:
+            while self.due and self.degraded:
+                await asyncio.sleep(max(b.recheck_s, 0.01))
+                if self.due and b.available:
+                    try:
+                        await self.restore()
+                    except BackendUnavailable:
+                        continue
+        finally:
+            self._recovering = False
 
     async def restore(self) -> None:
         """Redis answers again: lease again what this process still runs, charge the
