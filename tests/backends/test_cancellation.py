@@ -61,7 +61,10 @@ class _CancelAt:
                 if self.when == "waiting" or not isinstance(yielded, asyncio.Future):
                     asyncio.get_running_loop().call_soon(task.cancel)
                 else:
-                    yielded.add_done_callback(lambda _, task=task: task.cancel())
+                    def cancel(_: object, task: asyncio.Task[Any] = task) -> None:
+                        task.cancel()
+
+                    yielded.add_done_callback(cancel)
             self.suspensions += 1
             try:
                 value = yield yielded

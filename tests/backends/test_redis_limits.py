@@ -363,7 +363,9 @@ def test_distributed_bench_table_and_validation() -> None:
     row = {"completed": 10, "http_429": 0, "efficiency": 0.98, "per_process_completed": [9, 1],
            "acquire_tries_per_grant": [1.0, 2.0]}
     extra = {
-        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0},
+        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0,
+                    "ping_p50_us": 90.0, "ping_p99_us": 300.0,
+                    "redis_cpu_us_per_call": {"fcall": 30.0}},
         "wake_up": {"p50_us": 300.0, "p99_us": 800.0, "samples": 10},
         "fairness": {"processes": 2, "completed": {"heavy": 5, "light": 5}, "jain": 1.0},
         "priority": {"processes": 2, "high_over_low_p99": 0.2, "by_priority": {
@@ -377,7 +379,7 @@ def test_distributed_bench_table_and_validation() -> None:
     assert targets["release_to_wake_p99"]["met"]
     table = format_distributed_table(result)
     assert "global_fairness=met" in table and "global_priority=MISSED" in table
-    assert "Jain 1.0000" in table
+    assert "Jain 1.0000" in table and "PING round trip p50 90 us" in table
 
 
 # -- found in review: reconciliation, precision, releases after a failure ----------------
