@@ -1,8 +1,8 @@
 """Global limits in Redis: one wait queue for every process sharing a prefix.
 
-:class:`RedisBackend` holds the connections, the Lua library (:mod:`.scripts`) and the
-policy for when Redis is unreachable. Its waiting primitive, :meth:`RedisBackend.acquire`,
-has the contract of the in-process
+:class:`RedisBackend` holds the connections (:mod:`.transport`), the Lua library
+(:mod:`.scripts`) and the policy for when Redis is unreachable. Its waiting primitive,
+:meth:`RedisBackend.acquire`, has the contract of the in-process
 :meth:`~stageflow_plus.primitives.limiter.Limiter.acquire`, for every process at once:
 
 * **all or nothing** — concurrency pools (a lease per call in a ZSET, TTL + heartbeat),
@@ -19,7 +19,7 @@ has the contract of the in-process
 
 An uncontended acquire is one round trip on a lean pipelined connection (:mod:`.resp`);
 a release is pipelined behind it. Time is the server's (``TIME``). Redis errors are
-translated at one boundary (:meth:`RedisBackend._unavailable`) into
+translated at one boundary (:meth:`~.transport.RedisTransport._unavailable`) into
 :class:`BackendUnavailable`; the policy (``fail_closed``, ``fail_open``, ``degrade``) is
 applied by the caller, :class:`~stageflow_plus.backends.limits.RedisLimits`. Every text
 naming the URL goes through :mod:`.redact`.
@@ -31,23 +31,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from ..primitives.errors import BackendUnavailable, ConfigError
 from ..primitives.rate import Rate
 from ..primitives.stats import WaitRecorder
 from .degrade import LocalShare
@@ -59,9 +51,9 @@ from .options import Policy, check_options, check_order, check_query
 from .outage import Outage
 from .permits import Permits, ms, text
 from .records import GlobalBucket, GlobalPool, Grant, RedisStatistics
-from .redact import Redactor
-from .resp import Connection
-from .scripts import ENTRIES, Library, Plan
+from .redact import redact_url
+from .scripts import Plan
+from .transport import RedisTransport
 from .wakeups import DispatchTimer
 
 if TYPE_CHECKING:  # (types only: this module imports no interceptor)
@@ -74,7 +66,7 @@ __all__ = ["GlobalBucket", "GlobalPool", "Grant", "RedisBackend", "RedisLease",
 _log = logging.getLogger("stageflow_plus.redis")
 
 
-class RedisBackend:
+class RedisBackend(RedisTransport):
     """A connection to Redis plus the scripts and policy of global limits.
 
     :param url: ``redis://[[user]:password@]host[:port][/db]`` (or ``rediss://``,
@@ -102,53 +94,33 @@ class RedisBackend:
                  max_pause: float = 60.0, aging_interval: float | None = 1.0,
                  weights: dict[str, float] | None = None, cluster: bool = False,
                  client: Any = None) -> None:
-        self._redact = Redactor(url)
         if op_timeout is None:  # 0.5 s, and below ttl/4: a heartbeat must land before expiry
             op_timeout = min(0.5, ttl / 4) if isinstance(ttl, (int, float)) else 0.5
         check_options(ttl=ttl, on_unavailable=on_unavailable, op_timeout=op_timeout,
                       recheck_s=recheck_s, max_pause=max_pause, prefix=prefix)
         check_order(aging_interval, weights)
         if client is None:
-            check_query(url, self._redact.url)
-        self.url = self._redact.url  # printable; the real URL only reaches the clients
+            check_query(url, redact_url(url))
+        super().__init__(url, op_timeout=op_timeout, recheck_s=recheck_s, cluster=cluster,
+                         client=client)
         self.prefix = f"{{{prefix}}}:"
         self.ttl = float(ttl)
         self.tombstone_ms = round(self.ttl * 1000)
         self.policy: Policy = on_unavailable
-        self.op_timeout = float(op_timeout)
-        self.recheck_s = float(recheck_s)
         self.max_pause = float(max_pause)
-        self.cluster = bool(cluster)
-        self._initialized = False
-        self._library = Library()
-        try:
-            self.client: Any = client if client is not None else self._connect(url, op_timeout)
-            blocking = self._connect(url, None) if client is None else client
-        except (ValueError, RedisError) as exc:
-            raise ConfigError(f"invalid Redis URL {self.url!r}: {self._redact(exc)}") from None
         self._proc = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._queue_key = f"{self.prefix}q:wait"
         box: dict[str, Any] = dict(describe=self.describe, reachable=self._reachable,
                                    stall_s=max(0.5, 2 * self.op_timeout))
         box_key = f"{self.prefix}wake:{self._proc}"
-        # the hot path on lean pipelined connections; redis-py for Cluster and a given client
-        self._conn: Connection | None = None
-        self._scripts: dict[str, Callable[..., Any]] = {}
         self.mailbox: Mailbox
-        if client is None and not self.cluster:
-            conn = self._conn = Connection(url, connect_timeout=self.op_timeout,
-                                           op_timeout=self.op_timeout,
-                                           setup=self._library.setup)
+        if self._conn is not None:  # the lean connection: the mailbox reads on its own
             self.mailbox = LeanMailbox(url, box_key, connect_timeout=self.op_timeout,
                                        poll_s=1.0, **box)
-            for entry in ENTRIES:
-                self._scripts[entry] = functools.partial(self._lean_call, conn, entry)
         else:
-            self.mailbox = ClientMailbox(blocking, box_key, poll_s=1.0 if client is None
+            self.mailbox = ClientMailbox(self._blocking, box_key, poll_s=1.0 if client is None
                                          else self.op_timeout / 2, **box)
-            for entry in ENTRIES:
-                self._scripts[entry] = self.client.register_script(self._library.source(entry))
         self._timer = DispatchTimer(self._tick, lambda: bool(self.mailbox.waiters), self._proc)
         self._held: dict[str, RedisLease] = {}
         self._plans: dict[tuple[Any, ...], Plan] = {}
@@ -156,25 +128,11 @@ class RedisBackend:
         self._permits = Permits(self)
         self._outage = Outage(self)
         self._heartbeat = Heartbeat(self)
-        self._down_until = -math.inf
         self._latency = WaitRecorder()
-        self._counts = dict.fromkeys(
-            ("acquired", "refused", "round_trips", "unavailable", "failed_open",
-             "failed_closed", "degraded", "lost_leases", "capped_pauses"), 0)
+        self._counts.update(dict.fromkeys(
+            ("acquired", "refused", "failed_open", "failed_closed", "degraded", "lost_leases",
+             "capped_pauses"), 0))
         self.configure_queue(aging_interval=aging_interval, weights=weights)
-
-    def _connect(self, url: str, timeout: float | None) -> Any:
-        options: dict[str, Any] = {"socket_timeout": timeout, "retry": Retry(NoBackoff(), 0),
-                                   "socket_connect_timeout": self.op_timeout,
-                                   "decode_responses": False}
-        if self.cluster:
-            return RedisCluster.from_url(url, **options)
-        return aioredis.from_url(url, **options)
-
-    async def _lean_call(self, conn: Connection, entry: str, *, keys: Sequence[Any],
-                         args: Sequence[Any]) -> Any:
-        await conn.connect()
-        return await conn.send(self._library.call(entry, keys, args))
 
     # -- keys and plans -----------------------------------------------------------------
     def pool_key(self, name: str) -> str:
@@ -203,74 +161,16 @@ class RedisBackend:
                 generation=self.plan_generation)
         return plan
 
-    def describe(self, exc: BaseException) -> str:
-        """``"Type: message"`` of an exception, with every secret of the URL hidden."""
-        return self._redact(f"{type(exc).__name__}: {exc}")
-
     def _member(self) -> str:
         return f"{self._proc}:{next(self._ids)}"
-
-    # -- the one boundary where Redis errors are translated ---------------------------
-    @property
-    def available(self) -> bool:
-        """``False`` while the backend is in its ``recheck_s`` pause after a failure."""
-        return time.monotonic() >= self._down_until
-
-    def _check(self, force: bool) -> None:
-        if not force and not self.available:
-            raise BackendUnavailable(f"Redis at {self.url} is unavailable (retrying in "
-                                     f"{self._down_until - time.monotonic():.2f} s)",
-                                     limiter="redis", retry_after=self.recheck_s)
-        self._counts["round_trips"] += 1
-
-    def _unavailable(self, exc: BaseException, *, sent: bool) -> BackendUnavailable:
-        """Count, log and translate one Redis failure (``sent``: the request may have run)."""
-        self._counts["unavailable"] += 1
-        was_up = self.available  # warn once per outage; the retries within it at DEBUG
-        self._down_until = time.monotonic() + self.recheck_s
-        self._outage.due = True
-        text = self.describe(exc)
-        if not isinstance(exc, ResponseError) or "NOSCRIPT" in text or "not found" in text:
-            # every connection is suspect (a restart breaks them all; a flushed library
-            # is loaded again on a new one): drop them, the next attempt starts afresh
-            if self._conn is not None:
-                self._conn.close()
-            self._spawn(self._drop_idle())
-        _log.log(logging.WARNING if was_up else logging.DEBUG,
-                 "Redis at %s unavailable (%s; policy %s)", self.url, text, self.policy)
-        error = BackendUnavailable(f"Redis at {self.url} is unavailable: {text}",
-                                   limiter="redis", retry_after=self.recheck_s)
-        # a refused connection sent nothing; anything else may have reached the server
-        error.sent = sent and not (isinstance(exc, RedisConnectionError)
-                                   and "connecting" in str(exc))
-        # (not chained by the callers: a client library's message could quote the URL;
-        # `text` is the redacted account of the cause)
-        return error
-
-    async def _drop_idle(self) -> None:
-        with contextlib.suppress(Exception):  # idle ones: in-flight calls go on
-            await self.client.connection_pool.disconnect(inuse_connections=False)
-
-    async def _run(self, entry: str, keys: Sequence[Any], args: Sequence[Any], *,
-                   force: bool = False) -> Any:
-        """Run one entry point, translating every Redis failure into
-        :class:`BackendUnavailable`. ``force``: try even during the ``recheck_s`` pause
-        (releases and cancels: a permit given back late beats one left to its TTL)."""
-        self._check(force)
-        try:
-            if self.cluster and not self._initialized:  # the slot map, once (a few commands)
-                async with asyncio.timeout(max(5.0, self.op_timeout)):
-                    await self.client.initialize()
-                self._initialized = True
-            async with asyncio.timeout(self.op_timeout):
-                return await self._scripts[entry](keys=list(keys), args=list(args))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc, sent=True) from None
 
     def _schedule(self, reply: Sequence[Any]) -> None:
         """Schedule the next pass from ``[wake-at ms, now ms, process]`` of a script."""
         if reply and reply[0]:
             self._timer.schedule(ms(reply[0]), ms(reply[1]) or 0.0, text(reply[2]))
+
+    def _failed(self) -> None:
+        self._outage.due = True  # (Redis failed: lease again what runs, see :mod:`.outage`)
 
     def _spawn(self, coro: Any) -> None:
         with contextlib.suppress(RuntimeError):  # (no loop: nothing to do)
@@ -395,14 +295,6 @@ class RedisBackend:
                             rate_key=rate_key, fair_cost=fair_cost, clock=clock)
 
     # -- life --------------------------------------------------------------------------
-    async def ping(self) -> bool:
-        """Whether Redis answers now (bounded by ``op_timeout``)."""
-        try:
-            async with asyncio.timeout(self.op_timeout):
-                return bool(await self.client.ping())
-        except (RedisError, OSError, TimeoutError):
-            return False
-
     async def drain(self) -> None:
         """Wait until the releases and cancels already given are in Redis (one round trip
         when Redis answers; at most ``op_timeout`` plus the retries' ``recheck_s``)."""
