@@ -103,18 +103,20 @@ class Outage:
         keys = [k for lease in leases for k in lease.pools]
         members = [lease.member for lease in leases for _ in lease.pools]
         now = time.monotonic() * 1000
+        charged = dict(self.spent)
         charges: list[Any] = []
-        for key, (_, shadow) in self.spent.items():
+        for key, (_, shadow) in charged.items():
             if shadow > now:  # owed: the ms of the global rate not refilled yet
                 charges += [key, repr(shadow - now)]
-        self.spent.clear()
         if keys or charges:
             await b._run("restore", [b._queue_key, *keys],
                          [b.prefix, b.aging_ms, round(b.ttl * 1000), *members, *charges])
+        for key, entry in charged.items():  # charged now (kept if it failed: retried)
+            if self.spent.get(key) is entry:
+                del self.spent[key]
         for lease in leases:
-            if lease.member in self.degraded:
+            if self.degraded.pop(lease.member, None) is not None:
                 b._held[lease.member] = lease  # counted in Redis now: released there too
             elif lease.member not in b._held and lease.plan is not None:  # ended meanwhile
                 b._giveback.abandon(lease.member, lease.pools)
-        self.degraded.clear()
-        self.due = False
+        self.due = bool(self.degraded)  # (calls admitted locally meanwhile: once more)
