@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from ..interceptors.call import ToolCall, ToolCallInterceptor
 from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import TokenBucketRateLimiter
-from ..primitives.errors import ConfigError, Rejected
+from ..primitives.errors import BackendUnavailable, ConfigError
 from ..primitives.resources import Rate
 from .redact import redact_url
 
@@ -36,17 +36,6 @@ __all__ = ["BackendUnavailable", "LimitsBackend", "MemoryBackend", "backend_from
 
 RateKey = str | Callable[[ToolCall], str]
 
-
-class BackendUnavailable(Rejected):
-    """The shared backend (Redis) could not be reached and the policy is ``fail_closed``.
-
-    The call did not run. ``retry_after`` is when the backend will be tried again.
-
-    :ivar sent: the request had been written when the failure came (it may have run).
-    """
-
-    reason = "backend_unavailable"
-    sent = False
 
 
 class LimitsBackend(Protocol):

@@ -7,12 +7,15 @@ sharing the prefix as last seen in Redis (its heartbeat and every acquire count 
 local pools start with the permits this process still holds in Redis, so calls granted
 before the outage count against the share until they end.
 
-Bound on the excess, while every process sees the same ``N``: the calls in flight on a pool
-stay ``<= N * max(1, L // N)``, that is ``<= L`` when ``N <= L`` (else ``N``, one each);
-rates stay ``<= r`` plus at most one burst ``b`` (each share starts full). With different
-views ``N_i`` the bound is ``sum_i max(1, L // N_i)``. After Redis is back, calls admitted
-locally are not known to Redis: until they end (one call duration) the global cap can be
-exceeded by their number.
+Bound on the excess. While Redis is out, the calls in flight on a pool stay
+``<= sum_i max(1, L // N_i)`` over the processes ``i`` (``N_i`` what each last saw): with
+one view ``N <= L`` that is ``<= L``; a process that never saw Redis (``N_i = 1``) takes
+the whole ``L``. Rates stay ``<= r`` plus at most one burst ``b`` per process (each share
+starts full). When Redis is back, each process tells it what it still runs (its local
+calls become leases, over the cap if need be: see :mod:`.outage`) at its next acquire or
+within ``recheck_s``; until the last one has, Redis may grant permits still used by
+unreported local calls: for that window (``<= recheck_s`` plus a round trip) the bound is
+``L + sum_i max(1, L // N_i)``. Measured by ``bench --reliability`` (Redis faults).
 
 The waiting is the in-process :class:`~stageflow_plus.primitives.limiter.Limiter` (priority
 with aging and fair share, as configured), so calls keep their order locally.

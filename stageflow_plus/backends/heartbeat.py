@@ -8,6 +8,9 @@ divides each limit by the number of live processes), runs a dispatch pass, and i
 fallback for a lost mailbox message: each queued call's state is reported, a call found
 granted is woken, one found gone is handed to the unavailability policy.
 
+Stopping it is a flag, then a cancellation: the loop checks the flag before every beat,
+so even a beat that is in flight ends the loop when it returns.
+
 .. versionadded:: 0.1.0
 """
 
@@ -18,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from .base import BackendUnavailable
+from ..primitives.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from .redis import RedisBackend
@@ -68,7 +71,7 @@ class Heartbeat:
         keys = [k for lease in held for k in lease.pools]
         members = [lease.member for lease in held for _ in lease.pools]
         waiting = list(b.mailbox.waiters)
-        args = b._queue_args(b._proc, round(b.ttl * 1000), *members, *waiting)
+        args = [b.prefix, b.aging_ms, b._proc, round(b.ttl * 1000), *members, *waiting]
         try:
             reply = await b._run("extend", [b._queue_key, *keys], args)
         except BackendUnavailable:
@@ -83,29 +86,20 @@ class Heartbeat:
                              keys[int(index) - 1])
         for member, status in zip(waiting, statuses, strict=False):
             if int(status) == 2:
-                b.mailbox.grant(member, 0.0)  # granted; its message was lost or is late
+                b.mailbox.grant(member, 0.0, pushed=False)  # its message was lost or is late
             elif int(status) == 0:
                 future = b.mailbox.waiters.pop(member, None)
                 if future is not None and not future.done():
                     future.set_exception(BackendUnavailable(
                         "redis: the queued call lapsed from the global queue (its process "
                         "missed heartbeats)", limiter="redis"))
-        wake_at, now, owner = reply[3], reply[4], reply[5]
-        b._timer.schedule(_float(wake_at), _float(now) or 0.0,
-                          owner.decode() if isinstance(owner, bytes) else str(owner))
+        b._schedule(reply[3:])
 
     async def stop(self) -> None:
-        """Stop beating (held leases then expire by TTL)."""
+        """Stop beating (held leases then expire by TTL) and wait for the loop to end."""
         self._stopped = True
-        if self._task is not None:
-            task, self._task = self._task, None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
             task.cancel()
             if task.get_loop() is asyncio.get_running_loop():
-                # bounded: a beat in flight ends within op_timeout even if it misses the
-                # cancellation
-                await asyncio.wait([task], timeout=2 * self._backend.op_timeout + 0.1)
-
-
-def _float(value: object) -> float | None:
-    text = value.decode() if isinstance(value, bytes) else str(value)
-    return float(text) if text else None
+                await asyncio.gather(task, return_exceptions=True)

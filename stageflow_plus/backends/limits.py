@@ -22,7 +22,6 @@ this process before they reach the global queue, and its order would no longer b
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,10 +31,10 @@ from ..interceptors.call import Proceed, ToolCall, ToolCallInterceptor
 from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import KEYS, default_retry_after
 from ..primitives.clock import Clock, as_clock
-from ..primitives.errors import ConfigError, CostTooLarge
+from ..primitives.errors import BackendUnavailable, ConfigError, CostTooLarge
 from ..primitives.resources import Rate
-from .base import BackendUnavailable
 from .redis import GlobalBucket, GlobalPool, RedisBackend, RedisLease, RedisStatistics
+from .scripts import Plan
 
 __all__ = ["RedisLimits", "redis_limits"]
 
@@ -75,11 +74,12 @@ class RedisLimits:
     Errors: :class:`CostTooLarge` (a call above a bucket's burst), :class:`DeadlineUnmeetable`
     (the known wait exceeds the deadline), :class:`WaitTimeout` (still queued at the
     deadline), :class:`BackendUnavailable` (Redis down under ``fail_closed``). Cancellation
-    while queued takes nothing (a grant racing it is given back); cancellation while running
-    releases in the background (or by TTL).
+    at any point of the acquire takes nothing (a grant racing it is given back, its tokens
+    refunded); cancellation while running releases at once (pipelined, retried until Redis
+    answers).
     """
 
-    __slots__ = ("_actual_cost", "_background", "_clock", "_fair_dimension", "_pools",
+    __slots__ = ("_actual_cost", "_clock", "_fair_dimension", "_plans", "_pools",
                  "_rate_key", "_rates", "_retry_after", "backend", "max_wait")
 
     outside_limits = False
@@ -128,11 +128,23 @@ class RedisLimits:
         self._actual_cost = actual_cost
         self._retry_after = retry_after
         self._clock = as_clock(clock)
-        self._background: set[asyncio.Task[None]] = set()
+        # (tool, tenant, rate key) -> the plan and its buckets: built once per shape
+        self._plans: dict[tuple[str, str, str], tuple[Plan, list[GlobalPool],
+                                                       list[GlobalBucket], list[str]]] = {}
 
     # -- what a call needs -------------------------------------------------------------
     def spec(self, call: ToolCall) -> tuple[list[GlobalPool], list[GlobalBucket], list[str]]:
         """The ``(pools, buckets, pauses)`` of ``call`` in Redis terms."""
+        _, pools, shapes, pauses = self._shape(call)
+        buckets = [GlobalBucket(b.key, b.rate, b.burst, self._amount(b, call)) for b in shapes]
+        return pools, buckets, pauses
+
+    def _shape(self, call: ToolCall) -> tuple[Plan, list[GlobalPool], list[GlobalBucket],
+                                              list[str]]:
+        key = self._rate_key(call) if self._rates else ""
+        found = self._plans.get((call.tool, call.tenant, key))
+        if found is not None and found[0].generation == self.backend.plan_generation:
+            return found
         pools: list[GlobalPool] = []
         for name, default, overrides, key_of in self._pools:
             group = key_of(call)
@@ -142,14 +154,20 @@ class RedisLimits:
         buckets: list[GlobalBucket] = []
         pauses: list[str] = []
         if self._rates:
-            key = self._rate_key(call)
             pauses.append(f"rate:{key}")
             for r in self._rates:
-                amount = 1.0 if r.dimension == "requests" else float(
-                    call.cost.get(r.dimension, 0.0))
                 name = f"rate:{key}:{float(r.limit)!r}/{float(r.per)!r}s:{r.dimension}"
-                buckets.append(GlobalBucket(name, r.rate, r.capacity, amount))
-        return pools, buckets, pauses
+                buckets.append(GlobalBucket(name, r.rate, r.capacity, 0.0))
+        if len(self._plans) >= 4096:
+            self._plans.clear()
+        found = self._plans[(call.tool, call.tenant, key)] = (
+            self.backend.plan(pools, buckets, pauses), pools, buckets, pauses)
+        return found
+
+    @staticmethod
+    def _amount(bucket: GlobalBucket, call: ToolCall) -> float:
+        return 1.0 if bucket.dimension == "requests" else float(
+            call.cost.get(bucket.dimension, 0.0))
 
     def _fair_cost(self, call: ToolCall) -> float:
         if self._fair_dimension is None:
@@ -159,37 +177,37 @@ class RedisLimits:
     # -- acquiring ---------------------------------------------------------------------
     async def acquire(self, call: ToolCall) -> RedisLease:
         """Wait for every global permit of ``call`` (see the class docstring for errors)."""
-        pools, buckets, pauses = self.spec(call)
-        for b in buckets:
-            if not (math.isfinite(b.amount) and b.amount >= 0):
+        plan, pools, shapes, _ = self._shape(call)
+        amounts: list[str] = []
+        for b in shapes:
+            amount = self._amount(b, call)
+            if not (math.isfinite(amount) and amount >= 0):
                 raise ConfigError(f"redis: the cost {b.dimension!r} of a call to {call.tool!r} "
-                                  f"must be a finite number >= 0, got {b.amount!r}")
-            if b.amount > b.burst:
-                raise CostTooLarge(f"redis: a call needs {b.amount:g} of {b.key!r}, which can "
+                                  f"must be a finite number >= 0, got {amount!r}")
+            if amount > b.burst:
+                raise CostTooLarge(f"redis: a call needs {amount:g} of {b.key!r}, which can "
                                    f"never grant more than {b.burst:g} at once",
                                    key=b.key, limiter="redis")
+            amounts.append(repr(amount))
         timeout = None if call.deadline is None else call.deadline - self._clock.now()
         if self.max_wait is not None:
             timeout = self.max_wait if timeout is None else min(timeout, self.max_wait)
         backend = self.backend
         try:
-            return await backend.acquire(pools, buckets, pauses, priority=call.priority,
-                                         tenant=call.tenant, cost=self._fair_cost(call),
-                                         timeout=timeout)
+            return await backend.acquire_plan(plan, amounts, priority=call.priority,
+                                              tenant=call.tenant, cost=self._fair_cost(call),
+                                              timeout=timeout)
         except BackendUnavailable:
             if backend.policy == "fail_open":
                 return backend.degraded_lease()
             if backend.policy == "degrade":
+                buckets = [GlobalBucket(b.key, b.rate, b.burst, float(a))
+                           for b, a in zip(shapes, amounts, strict=True)]
                 return await backend.acquire_share(
                     pools, buckets, priority=call.priority, tenant=call.tenant,
                     cost=self._fair_cost(call), timeout=timeout, info=call)
             backend.count_failed_closed()
             raise
-
-    def _release_later(self, lease: RedisLease, actual: dict[str, float] | None) -> None:
-        task = asyncio.get_running_loop().create_task(lease.release(actual))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- the interceptor ---------------------------------------------------------------
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
@@ -197,11 +215,11 @@ class RedisLimits:
         try:
             result = await proceed(call)
         except Exception as error:
-            self._release_later(lease, None)
+            lease.release_nowait()
             await self._maybe_pause(call, error)
             raise
         except BaseException:
-            self._release_later(lease, None)  # cancelled while running
+            lease.release_nowait()  # cancelled while running
             raise
         actual: dict[str, float] | None = None
         try:
@@ -210,12 +228,10 @@ class RedisLimits:
                 if measured:
                     actual = {k: float(v) for k, v in measured.items()}
         finally:  # a failing actual_cost still gives the permits back (unreconciled)
-            if actual is None:
-                # the caller does not wait for the release round trip: the permits come
-                # back as soon as it lands (and wake the next waiter anywhere)
-                self._release_later(lease, None)
-            else:  # a charge is in place before the next call of this task is admitted
-                await lease.release(actual)
+            # pipelined: written before any later command of this process, so a charge
+            # is in place before this process's next call is admitted; the permits come
+            # back (and wake the next waiter anywhere) as soon as it lands
+            lease.release_nowait(actual)
         await self._maybe_pause(call, result)
         return result
 
@@ -237,8 +253,8 @@ class RedisLimits:
             _log.warning("ignored a provider pause for %r: %s", key, error)
 
     async def aclose(self) -> None:
-        """Wait for the releases still in flight."""
-        await asyncio.gather(*self._background, return_exceptions=True)
+        """Wait until the releases on their way are in Redis."""
+        await self.backend.drain()
 
     def statistics(self) -> RedisStatistics:
         """The backend's counters (this process)."""

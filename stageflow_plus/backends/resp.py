@@ -1,17 +1,22 @@
-"""A lean pipelined connection for the hot-path scripts (``EVALSHA``), RESP2 on asyncio.
+"""A lean pipelined RESP2 connection for the hot path of the Redis backend, on asyncio.
 
 redis-py's asyncio client costs about three raw round trips per command on a busy 2-core
-machine (connection-pool checkout, locks, per-command objects). The acquire and release
-scripts are the whole hot path of the Redis backend, so they go through this connection:
-one socket per backend, requests written back to back (pipelined across tasks), replies
-matched in order to their futures. Everything else (blocking reads, cluster, the odd
-command) stays on redis-py.
+machine (connection-pool checkout, locks, per-command objects). The backend's hot path —
+acquire, release, cancel, the mailbox read — goes through this instead: one socket, the
+commands of every task written back to back, replies matched in order.
 
-Failure semantics match what :meth:`RedisBackend._run` translates: a broken or refused
-connection raises ``redis.exceptions.ConnectionError``, an error reply ``ResponseError``; a
-caller that gives up (timeout, cancellation) leaves its reply to be read and dropped, and a
-timeout closes the connection (a stalled server must not pile up replies); the next call
-reconnects.
+* **Coalesced writes.** :meth:`Connection.send_nowait` (a release) queues its command;
+  it is written with the next command sent at once (:meth:`Connection.send`, an
+  acquire) or at the next turn of the loop: a release and the next acquire of a process
+  leave in one packet.
+* **Answers nobody waits for.** Each command may carry ``on_orphan``: called with the
+  reply (or the error) when the caller gave up waiting (cancelled, timed out). The
+  backend uses it to give back a grant that raced a cancellation, in order, on the same
+  connection. A command sent with ``on_reply`` only (no future) is fire-and-forget.
+* **One stall watchdog per connection**, not a timer per command: a command unanswered
+  after its deadline closes the connection; every pending command fails with
+  ``redis.exceptions.TimeoutError`` (a stalled server must not pile up replies). A broken
+  or refused connection raises ``ConnectionError``, an error reply ``ResponseError``.
 
 .. versionadded:: 0.1.0
 """
@@ -19,25 +24,34 @@ reconnects.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["FastConnection", "FastScript"]
+__all__ = ["Connection", "encode", "encode_items"]
+
+Handler = Callable[[Any], None]
+"""Receives a reply value or the exception that ended the command."""
 
 
-def _encode(args: Sequence[Any]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+def encode_items(args: Sequence[Any]) -> bytes:
+    """RESP bulk strings for ``args`` (bytes as they are, anything else as ``str()``)."""
+    out = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def encode(args: Sequence[Any]) -> bytes:
+    """One RESP command."""
+    return b"*%d\r\n" % len(args) + encode_items(args)
 
 
 class _Incomplete(Exception):
@@ -49,22 +63,17 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
     end = buf.find(b"\r\n", pos)
     if end < 0:
         raise _Incomplete
-    kind, line = buf[pos:pos + 1], bytes(buf[pos + 1:end])
+    kind = buf[pos]
+    line = bytes(buf[pos + 1:end])
     pos = end + 2
-    if kind == b"+":
-        return line, pos
-    if kind == b"-":
-        return ResponseError(line.decode(errors="replace")), pos
-    if kind == b":":
-        return int(line), pos
-    if kind == b"$":
+    if kind == 36:  # $
         size = int(line)
         if size < 0:
             return None, pos
         if len(buf) < pos + size + 2:
             raise _Incomplete
         return bytes(buf[pos:pos + size]), pos + size + 2
-    if kind == b"*":
+    if kind == 42:  # *
         count = int(line)
         if count < 0:
             return None, pos
@@ -73,51 +82,113 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             item, pos = _parse(buf, pos)
             items.append(item)
         return items, pos
-    raise RedisConnectionError(f"unexpected reply type {kind!r}")
+    if kind == 58:  # :
+        return int(line), pos
+    if kind == 43:  # +
+        return line, pos
+    if kind == 45:  # -
+        return ResponseError(line.decode(errors="replace")), pos
+    raise RedisConnectionError(f"unexpected reply type {chr(kind)!r}")
+
+
+class _Pending:
+    """One command sent, its answer not read yet."""
+
+    __slots__ = ("deadline", "future", "on_orphan", "on_reply")
+
+    def __init__(self, future: asyncio.Future[Any] | None, on_reply: Handler | None,
+                 on_orphan: Handler | None, deadline: float) -> None:
+        self.future = future
+        self.on_reply = on_reply
+        self.on_orphan = on_orphan
+        self.deadline = deadline
+
+    def settle(self, value: Any) -> None:
+        future = self.future
+        if future is not None:
+            if not future.done():
+                if isinstance(value, BaseException):
+                    future.set_exception(value)
+                else:
+                    future.set_result(value)
+                return
+            if self.on_orphan is not None and future.cancelled():
+                self.on_orphan(value)
+            return
+        if self.on_reply is not None:
+            self.on_reply(value)
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.buf = bytearray()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.pending: deque[_Pending] = deque()
+        self.out: list[bytes] = []
+        self.flushing: asyncio.Handle | None = None  # the flush due at the next turn
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    def flush(self) -> None:
+        if self.flushing is not None:
+            self.flushing.cancel()
+            self.flushing = None
+        out, self.out = self.out, []
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        buf = self.buf
+        buf += data
         pos = 0
-        while self.waiting:
+        pending = self.pending
+        while pending:
             try:
-                value, pos_next = _parse(self.buf, pos)
+                value, pos_next = _parse(buf, pos)
             except _Incomplete:
                 break
             pos = pos_next
-            future = self.waiting.popleft()
-            if not future.done():  # (a caller that gave up: its reply is dropped)
-                if isinstance(value, ResponseError):
-                    future.set_exception(value)
-                else:
-                    future.set_result(value)
-        del self.buf[:pos]
+            try:
+                pending.popleft().settle(value)
+            except Exception:  # a handler's bug must not break the connection's order
+                self.loop.call_exception_handler({"message": "redis reply handler failed",
+                                                  "protocol": self})
+        del buf[:pos]
+
+    def fail(self, error: BaseException) -> None:
+        self.closed = True
+        self.out = []
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        pending, self.pending = self.pending, deque()
+        for entry in pending:
+            entry.settle(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(RedisConnectionError(
-                    f"Connection closed by server ({type(exc).__name__ if exc else 'EOF'})"))
+        self.fail(RedisConnectionError(
+            f"Connection closed by server ({type(exc).__name__ if exc else 'EOF'})"))
 
 
-class FastConnection:
+class Connection:
     """One pipelined connection to the server of a ``redis://``, ``rediss://`` or
-    ``unix://`` URL (password, user and db from the URL)."""
+    ``unix://`` URL (password, user and db from the URL).
 
-    def __init__(self, url: str, *, connect_timeout: float) -> None:
+    :param connect_timeout: bound on connecting (seconds).
+    :param op_timeout: default deadline of a command (seconds).
+    :param setup: run on every new connection after AUTH and SELECT, before anyone else
+        may send on it (e.g. loading a script library): given a ``send(payload)`` that
+        returns the reply's future.
+    """
+
+    def __init__(self, url: str, *, connect_timeout: float, op_timeout: float,
+                 setup: Callable[[Callable[[bytes], asyncio.Future[Any]]], Awaitable[None]]
+                 | None = None) -> None:
         parts = urlsplit(url)
         self._scheme = parts.scheme.lower()
         self._host = parts.hostname or "127.0.0.1"
@@ -136,80 +207,139 @@ class FastConnection:
                 self._db = int(value)
             elif name == "password" and value:
                 self._password = unquote(value)
-        self._connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout
+        self.op_timeout = op_timeout
+        self._setup = setup
         self._proto: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
 
-    async def _connection(self) -> _Protocol:
+    @property
+    def ready(self) -> bool:
+        """Connected now: :meth:`send` needs no :meth:`connect` first."""
         proto = self._proto
-        if proto is not None and not proto.closed:
-            return proto
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._proto is not None and not self._proto.closed:
-                return self._proto
-            loop = asyncio.get_running_loop()
-            try:
-                async with asyncio.timeout(self._connect_timeout):
-                    if self._scheme == "unix":
-                        _, proto = await loop.create_unix_connection(_Protocol, self._path)
-                    else:
-                        context = ssl.create_default_context() if self._scheme == "rediss" \
-                            else None
-                        _, proto = await loop.create_connection(
-                            _Protocol, self._host, self._port, ssl=context)
-            except (OSError, TimeoutError) as exc:
-                raise RedisConnectionError(
-                    f"Error connecting to {self._host}:{self._port}: "
-                    f"{type(exc).__name__}") from None
-            self._proto = proto
-            if self._password is not None:
-                auth = [self._user, self._password] if self._user else [self._password]
-                await self._call(proto, ["AUTH", *auth])
-            if self._db:
-                await self._call(proto, ["SELECT", self._db])
-            return proto
+        return proto is not None and not proto.closed
 
-    @staticmethod
-    async def _call(proto: _Protocol, args: Sequence[Any]) -> Any:
-        if proto.transport is None or proto.closed:
+    async def connect(self) -> None:
+        """Connect (once, shared by concurrent callers) unless connected. Cancelling one
+        caller does not abort a connection others wait for."""
+        if self.ready:
+            return
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(_retrieved)
+        await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        proto: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if self._scheme == "unix":
+                    _, proto = await loop.create_unix_connection(
+                        lambda: _Protocol(loop), self._path)
+                else:
+                    context = ssl.create_default_context() if self._scheme == "rediss" else None
+                    _, proto = await loop.create_connection(
+                        lambda: _Protocol(loop), self._host, self._port, ssl=context)
+                setup: list[asyncio.Future[Any]] = []
+                if self._password is not None:
+                    auth = [self._user, self._password] if self._user else [self._password]
+                    setup.append(self._send_on(proto, encode(["AUTH", *auth])))
+                if self._db:
+                    setup.append(self._send_on(proto, encode(["SELECT", self._db])))
+                for reply in setup:
+                    await reply  # an error reply (wrong password) raises ResponseError
+                if self._setup is not None:
+                    await self._setup(lambda payload: self._send_on(proto, payload))
+        except BaseException as exc:
+            if proto is not None and proto.transport is not None:
+                proto.transport.close()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise RedisConnectionError(f"Error connecting to {self._host}:{self._port}: "
+                                           f"{type(exc).__name__}") from None
+            raise
+        self._proto = proto
+        return proto
+
+    def _send_on(self, proto: _Protocol, payload: bytes,
+                 timeout: float | None = None) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = proto.loop.create_future()
+        self._queue(proto, payload, _Pending(future, None, None, 0.0), timeout)
+        return future
+
+    def _queue(self, proto: _Protocol, payload: bytes, entry: _Pending,
+               timeout: float | None, now: bool = False) -> None:
+        if proto.closed or proto.transport is None:
             raise RedisConnectionError("Connection closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        proto.waiting.append(future)
-        proto.transport.write(_encode(args))
-        return await future
+        loop = proto.loop
+        entry.deadline = loop.time() + (self.op_timeout if timeout is None else timeout)
+        proto.pending.append(entry)
+        if now:  # written at once, with whatever waits to be written (in order)
+            if proto.out:
+                proto.out.append(payload)
+                proto.flush()
+            else:
+                proto.transport.write(payload)
+        else:  # written at the next turn of the loop, or with the next command sent at once
+            if proto.flushing is None:
+                proto.flushing = loop.call_soon(proto.flush)
+            proto.out.append(payload)
+        if proto.watchdog is None:
+            proto.watchdog = loop.call_at(entry.deadline, self._watch, proto)
+
+    def _watch(self, proto: _Protocol) -> None:
+        proto.watchdog = None
+        if not proto.pending or proto.closed:
+            return
+        head = proto.pending[0]
+        if proto.loop.time() >= head.deadline:
+            # a stalled server: close, and every command waiting fails at once
+            if proto is self._proto:
+                self._proto = None
+            if proto.transport is not None:
+                proto.transport.abort()
+            proto.fail(RedisTimeoutError("Redis did not answer in time"))
+            return
+        proto.watchdog = proto.loop.call_at(head.deadline, self._watch, proto)
+
+    def send(self, payload: bytes, *, on_orphan: Handler | None = None,
+             timeout: float | None = None) -> asyncio.Future[Any]:
+        """Write one encoded command now (behind what :meth:`send_nowait` queued); returns
+        the future of its reply. ``on_orphan`` gets the reply if that future is cancelled.
+
+        :raises ConnectionError: not connected (see :attr:`ready`, :meth:`connect`).
+        """
+        proto = self._proto
+        if proto is None:
+            raise RedisConnectionError("Connection closed")
+        future: asyncio.Future[Any] = proto.loop.create_future()
+        self._queue(proto, payload, _Pending(future, None, on_orphan, 0.0), timeout, True)
+        return future
+
+    def send_nowait(self, payload: bytes, on_reply: Handler | None,
+                    timeout: float | None = None) -> None:
+        """Queue one encoded command nobody awaits, written with the next command sent or at
+        the next turn of the loop; ``on_reply`` gets its reply or error."""
+        proto = self._proto
+        if proto is None:
+            raise RedisConnectionError("Connection closed")
+        self._queue(proto, payload, _Pending(None, on_reply, None, 0.0), timeout)
 
     async def execute(self, *args: Any) -> Any:
-        """Send one command and wait for its reply (pipelined with other callers')."""
-        proto = await self._connection()
-        try:
-            return await self._call(proto, args)
-        except TimeoutError:
-            self.close()  # a stalled server: do not let replies pile up
-            raise
+        """Send one command and wait for its reply (connecting first if need be)."""
+        await self.connect()
+        return await self.send(encode(args))
 
     def close(self) -> None:
-        """Close the socket; pending callers get ``ConnectionError``; the next call
-        reconnects."""
+        """Close the socket; pending commands fail with ``ConnectionError``; the next
+        :meth:`connect` opens a new one."""
         proto, self._proto = self._proto, None
-        if proto is not None and proto.transport is not None:
-            proto.transport.close()
+        if proto is not None:
+            if proto.transport is not None:
+                proto.transport.close()
+            proto.fail(RedisConnectionError("Connection closed by the client"))
 
 
-class FastScript:
-    """A Lua script run with ``EVALSHA`` (``EVAL`` once after a server forgot it), with
-    the calling convention of redis-py's ``Script``: ``await script(keys=..., args=...)``."""
-
-    def __init__(self, connection: FastConnection, source: str) -> None:
-        self._connection = connection
-        self._source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # (Redis names scripts so)
-
-    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self._connection.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            return await self._connection.execute("EVAL", self._source, len(keys), *keys, *args)
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -34,16 +34,15 @@ import json
 import logging
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
+
+from .child_servers import http, provider_process, redis_server, sigterm_as_exit
 
 __all__ = ["format_distributed_table", "main", "run_distributed_bench"]
 
@@ -156,79 +155,22 @@ def _worker(cfg: dict[str, Any]) -> int:
 # -- the parent --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _redis_server() -> Iterator[str]:
-    """A temporary ``redis-server`` on a free loopback port, no persistence."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise RuntimeError("redis-server not found: install it or pass --backend redis://…")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as directory:
-        proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                                 directory, "--save", "", "--appendonly", "no"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@contextmanager
-def _provider() -> Iterator[str]:
-    p = PROVIDER
-    args = [sys.executable, "-m", "stageflow_plus.bench.provider", "--port", "0",
-            "--rpm", str(p["rpm"]), "--tpm", str(p["tpm"]),
-            "--max-concurrent", str(p["max_concurrent"]), "--latency-ms", str(p["latency_ms"]),
-            "--latency-jitter-ms", str(p["latency_jitter_ms"]), "--burst-s", str(p["burst_s"])]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url.startswith("http"):
-            raise RuntimeError("the provider simulator did not start")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _http(method: str, url: str) -> dict[str, Any]:
-    import urllib.request
-
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        result: dict[str, Any] = json.loads(response.read())
-        return result
-
-
 def _run_workers(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     procs = [subprocess.Popen([sys.executable, "-m", "stageflow_plus.bench.distributed",
                                "--worker", json.dumps(cfg)], stdout=subprocess.PIPE, text=True)
              for cfg in configs]
     results = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"a benchmark worker failed (exit {proc.returncode})")
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"a benchmark worker failed (exit {proc.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:  # (an error, Ctrl-C, SIGTERM: no worker outlives the benchmark)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
     return results
 
 
@@ -254,12 +196,13 @@ def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
 
         backend_from_url(backend_url)  # validates (ConfigError) before spawning anything
     duration = 3.0 if quick else 8.0
-    with _redis_server() if backend_url is None else _given(backend_url) as redis_url, \
-            _provider() as provider:
+    with sigterm_as_exit(), \
+            redis_server() if backend_url is None else nullcontext(backend_url) as redis_url, \
+            provider_process(PROVIDER) as provider:
         latency = _run_mode(redis_url, "latency", [{"duration": 1.0 if quick else 3.0}])[0]
         strategies: dict[str, Any] = {}
         for strategy in STRATEGIES:
-            _http("POST", provider + "/reset")
+            http("POST", provider + "/reset")
             start_at = time.time() + 1.5 + 0.3 * processes  # together, once imported
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             configs = [{"mode": "load", "strategy": strategy, "index": i, "redis": redis_url,
@@ -269,7 +212,7 @@ def run_distributed_bench(*, processes: int = 4, backend_url: str | None = None,
                         "share": 1.0 / processes if strategy == "split" else 1.0}
                        for i in range(processes)]
             workers = _run_workers(configs)
-            stats = _http("GET", provider + "/stats")
+            stats = http("GET", provider + "/stats")
             completed = sum(w["completed"] for w in workers)
             strategies[strategy] = {
                 "completed": completed,
@@ -302,7 +245,7 @@ def _run_mode(redis_url: str, mode: str, configs: list[dict[str, Any]]) -> list[
 
 def _global_queue_runs(redis_url: str, processes: int, quick: bool,
                        latency: dict[str, Any]) -> dict[str, Any]:
-    from .redis_global import summarise_fairness, summarise_priority
+    from .redis_global import summarise_fairness, summarise_priority, wake_ups
 
     window = 3.0 if quick else 8.0
 
@@ -311,7 +254,7 @@ def _global_queue_runs(redis_url: str, processes: int, quick: bool,
 
     rounds = 60 if quick else 300
     wake = run("wake", [{"role": r, "rounds": rounds, "duration": 0.0} for r in (0, 1)])
-    wakes = [x for w in wake for x in w["wake_us"]]
+    wakes = wake_ups(wake)
     # two tenants offering 10:1, spread unevenly: "heavy" over all but the last process(es)
     light_slots = 1 if processes < 3 else 2
     heavy = _uneven(60, max(1, processes - light_slots))
@@ -335,6 +278,10 @@ def _global_queue_runs(redis_url: str, processes: int, quick: bool,
             "pair_p99_us": round(_pct(latency["pair_us"], 0.99), 1),
             "acquire_p50_us": round(_pct(latency["acquire_us"], 0.5), 1),
             "acquire_p99_us": round(_pct(latency["acquire_us"], 0.99), 1),
+            # the floor, in the same rounds: a PING's round trip on the same kind of connection
+            "ping_p50_us": round(_pct(latency["ping_us"], 0.5), 1),
+            "ping_p99_us": round(_pct(latency["ping_us"], 0.99), 1),
+            "redis_cpu_us_per_call": latency["redis_cpu_us_per_call"],
             "samples": len(latency["pair_us"]),
         },
         "wake_up": {"processes": 2, "samples": len(wakes),
@@ -386,11 +333,6 @@ def _report(processes: int, duration: float, strategies: dict[str, Any],
     }
 
 
-@contextmanager
-def _given(url: str) -> Iterator[str]:
-    yield url
-
-
 def format_distributed_table(result: dict[str, Any]) -> str:
     """The results as a plain-text table."""
     lines = [f"{result['processes']} processes, {result['duration_s']:g} s window, uneven load; "
@@ -402,7 +344,9 @@ def format_distributed_table(result: dict[str, Any]) -> str:
     a, w = result["acquire"], result["wake_up"]
     lines.append(f"acquire+release, one process, uncontended, 3 limits: p50 "
                  f"{a['pair_p50_us']:g} us, p99 {a['pair_p99_us']:g} us (acquire alone p50 "
-                 f"{a['acquire_p50_us']:g} us)")
+                 f"{a['acquire_p50_us']:g} us; PING round trip p50 {a['ping_p50_us']:g} us, p99 "
+                 f"{a['ping_p99_us']:g} us; Redis CPU per library call "
+                 f"{a['redis_cpu_us_per_call']} us)")
     lines.append(f"release -> wake-up in another process: p50 {w['p50_us']:g} us, p99 "
                  f"{w['p99_us']:g} us ({w['samples']} samples, 2 processes)")
     f = result["fairness"]

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["fair_worker", "jain", "latency_worker", "percentile", "priority_worker",
-           "summarise_fairness", "summarise_priority", "wake_worker"]
+           "summarise_fairness", "summarise_priority", "wake_ups", "wake_worker"]
 
 CAP = 8  # the global concurrency cap of the fairness and priority runs
 HOLD_S = 0.02  # how long a call holds its permit
@@ -126,8 +126,12 @@ async def priority_worker(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def latency_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One task, nothing else on the prefix: acquire + release pairs, then acquires alone."""
+    """One task, nothing else on the prefix, in interleaved rounds: a ``PING`` on a lean
+    connection (the round-trip floor, the baseline), the interceptor's acquire + release
+    (the release pipelined, as :class:`RedisLimits` does it), the acquire alone, and the
+    primitive's acquire + awaited release; then the Redis CPU each library call used."""
     from ..backends.limits import RedisLimits
+    from ..backends.resp import Connection, encode
     from ..interceptors import ToolCall
     from ..primitives import Rate
 
@@ -135,35 +139,78 @@ async def latency_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     limits = RedisLimits(backend, concurrency=1_000, per_tool=1_000,
                          rates=[Rate(6_000_000, per=60),
                                 Rate(1e12, per=60, dimension="tokens")])
-    pairs: list[float] = []
-    acquires: list[float] = []
+    ping = Connection(cfg["redis"], connect_timeout=1.0, op_timeout=1.0)
+    await ping.connect()
+    command = encode(["PING"])
     call = ToolCall("llm", cost={"tokens": 100.0})
-    for _ in range(200):  # warm up: connections, script cache
+    out: dict[str, list[float]] = {"ping_us": [], "pair_us": [], "acquire_us": [],
+                                   "awaited_pair_us": []}
+
+    async def proceed(_: Any) -> None:
+        return None
+
+    async def one_ping() -> None:
+        await ping.send(command)
+
+    async def pair() -> None:
+        await limits(call, proceed)
+
+    async def acquire_only() -> Any:
+        return await limits.acquire(call)
+
+    async def awaited_pair() -> None:
         await (await limits.acquire(call)).release()
+
+    for _ in range(200):  # warm up: connections, the library, plans
+        await pair()
+    await backend.drain()
+    before = await _library_cpu(backend)
+    rounds = int(cfg.get("rounds", 10))
     end = time.perf_counter() + cfg["duration"]
-    while time.perf_counter() < end:
-        started = time.perf_counter()
-        lease = await limits.acquire(call)
-        acquired = time.perf_counter()
-        await lease.release()
-        pairs.append(time.perf_counter() - started)
-        acquires.append(acquired - started)
+    for _ in range(rounds):
+        per_round = max(10, int(cfg.get("per_round", 200)))
+        for name, step in (("ping_us", one_ping), ("pair_us", pair),
+                           ("awaited_pair_us", awaited_pair)):
+            for _ in range(per_round):
+                started = time.perf_counter()
+                await step()
+                out[name].append(round((time.perf_counter() - started) * 1e6, 1))
+        for _ in range(per_round):
+            started = time.perf_counter()
+            lease = await acquire_only()
+            out["acquire_us"].append(round((time.perf_counter() - started) * 1e6, 1))
+            lease.release_nowait()
+        if time.perf_counter() > end:
+            break
+    await backend.drain()
+    after = await _library_cpu(backend)
+    cpu = {name: round((after[name][1] - before[name][1])
+                       / max(1, after[name][0] - before[name][0]), 1)
+           for name in after if after[name][0] > before.get(name, (0, 0))[0]}
+    ping.close()
     await backend.aclose()
-    return {"pair_us": [round(x * 1e6, 1) for x in pairs],
-            "acquire_us": [round(x * 1e6, 1) for x in acquires]}
+    return {**out, "redis_cpu_us_per_call": cpu}
+
+
+async def _library_cpu(backend: Any) -> dict[str, tuple[int, int]]:
+    """``INFO commandstats``: (calls, µs) of FCALL and EVALSHA (the library's calls)."""
+    info = await backend.client.info("commandstats")
+    return {name[len("cmdstat_"):]: (int(v["calls"]), int(v["usec"]))
+            for name, v in info.items() if name in ("cmdstat_fcall", "cmdstat_evalsha")}
 
 
 async def wake_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Role ``cfg["role"]`` 0 or 1: take turns holding one permit. Each release is stamped
-    (wall clock) in Redis; the other process, queued on the permit, measures its wake-up."""
+    """Role ``cfg["role"]`` 0 or 1: take turns holding one permit. The holder notes (wall
+    clock) when it releases, the other process — queued on the permit — when it wakes up
+    with the grant; the parent pairs them by turn (both processes share the clock)."""
     from ..backends.redis import GlobalPool
 
     backend = _backend(cfg)
     client = backend.client
     pool = [GlobalPool("wake", 1)]
-    stamp = f"{backend.prefix}bench:released"
     await _start(cfg)
-    wakes: list[float] = []
+    released: dict[int, float] = {}
+    woke: dict[int, float] = {}
     role = cfg["role"]
     for turn in range(cfg["rounds"]):
         if turn % 2 == role:  # holder: take it, let the other queue, release
@@ -172,8 +219,9 @@ async def wake_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 if await client.hlen(f"{backend.prefix}q:wait"):
                     break
                 await asyncio.sleep(0.001)
-            await client.set(stamp, repr(time.time()))
-            await lease.release()
+            await asyncio.sleep(0.002)  # (quiet: nothing else of this process runs now)
+            released[turn] = time.time()
+            lease.release_nowait()
         else:  # waiter: wait until the holder holds, then queue
             await asyncio.sleep(0.002)
             for _ in range(500):
@@ -181,15 +229,21 @@ async def wake_worker(cfg: dict[str, Any]) -> dict[str, Any]:
                     break
                 await asyncio.sleep(0.001)
             lease = await backend.acquire(pool, [], timeout=10)
-            woke = time.time()
-            released = await client.get(stamp)
-            if released is not None and lease.waited > 0:
-                wakes.append(woke - float(released))
-            await lease.release()
-            await client.delete(stamp)
+            if lease.waited > 0:
+                woke[turn] = time.time()
+            await asyncio.sleep(0.001)
+            lease.release_nowait()
+        await backend.drain()
     woken = backend.statistics().woken
     await backend.aclose()
-    return {"wake_us": [round(x * 1e6, 1) for x in wakes], "woken": woken}
+    return {"released": released, "woke": woke, "woken": woken}
+
+
+def wake_ups(workers: Sequence[dict[str, Any]]) -> list[float]:
+    """Release → wake-up times (µs) of :func:`wake_worker` runs, paired by turn."""
+    released = {int(t): v for w in workers for t, v in w["released"].items()}
+    woke = {int(t): v for w in workers for t, v in w["woke"].items()}
+    return [round((woke[t] - released[t]) * 1e6, 1) for t in sorted(woke) if t in released]
 
 
 def summarise_fairness(workers: Sequence[dict[str, Any]]) -> dict[str, Any]:

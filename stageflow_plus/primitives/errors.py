@@ -30,6 +30,7 @@ Elsewhere, also under :class:`StageflowPlusError`: ``OverrideError`` (and its
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "CircuitOpen",
     "ConfigError",
     "CostTooLarge",
@@ -138,3 +139,17 @@ class LimiterClosed(Rejected):
     """The limiter was closed; waiting calls are refused."""
 
     reason = "closed"
+
+
+class BackendUnavailable(Rejected):
+    """The shared backend (Redis) could not be reached and the policy is ``fail_closed``.
+
+    The call did not run. ``retry_after`` is when the backend will be tried again.
+    Exported by :mod:`stageflow_plus.backends` and the package too (it lives here so that
+    the backends need not import the interceptors).
+
+    :ivar sent: the request had been written when the failure came (it may have run).
+    """
+
+    reason = "backend_unavailable"
+    sent = False

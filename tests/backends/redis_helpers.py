@@ -5,11 +5,13 @@ Missing ``redis-server`` is a failure, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +145,87 @@ class RedisClusterNodes:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class DelayingProxy:
+    """A loopback TCP proxy in front of a real server whose client→server bytes can be held
+    back per connection — a slow network path, to reorder what two connections send.
+
+    Use inside a running loop: ``await proxy.start()``, ``proxy.hold_all()`` (bytes of the
+    connections open now are held from then on), ``proxy.release_all()``, ``await
+    proxy.aclose()``. New connections flow freely.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.port = 0
+        self._server: Any = None
+        self._links: list[_Link] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            link = _Link(reader, writer, up_reader, up_writer)
+            self._links.append(link)
+            await link.run()
+        except (OSError, asyncio.CancelledError):  # (closed with the proxy)
+            writer.close()
+
+    def hold_all(self) -> None:
+        for link in self._links:
+            link.held = True
+
+    def release_all(self) -> None:
+        for link in self._links:
+            link.release()
+
+    async def aclose(self) -> None:
+        for link in self._links:
+            link.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class _Link:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.up_reader, self.up_writer = up_reader, up_writer
+        self.held = False
+        self.backlog: list[bytes] = []
+        self.client_gone = False
+
+    async def run(self) -> None:
+        await asyncio.gather(self._up(), self._down(), return_exceptions=True)
+
+    async def _up(self) -> None:
+        while data := await self.reader.read(65536):
+            if self.held:
+                self.backlog.append(data)
+            else:
+                self.up_writer.write(data)
+        self.client_gone = True  # (what is held is still delivered when released)
+
+    async def _down(self) -> None:
+        while data := await self.up_reader.read(65536):
+            if not self.writer.is_closing():
+                self.writer.write(data)
+
+    def release(self) -> None:
+        self.held = False
+        for data in self.backlog:
+            self.up_writer.write(data)
+        self.backlog.clear()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.up_writer.close()

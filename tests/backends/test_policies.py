@@ -7,11 +7,13 @@ import asyncio
 import logging
 
 import pytest
+import redis.asyncio
 
 from stageflow_plus.backends import backend_from_url
 from stageflow_plus.backends.limits import RedisLimits
 from stageflow_plus.backends.redis import RedisBackend
 from stageflow_plus.interceptors import ToolCall
+from stageflow_plus.primitives import Rate
 
 from .redis_helpers import RedisServer
 
@@ -77,5 +79,43 @@ async def test_provider_pause_is_capped(redis_server: RedisServer, prefix: str,
         limits = RedisLimits(backend, rates=[])
         await limits.pause("z", float("nan"))  # a provider's nonsense is logged, not raised
         assert "ignored a provider pause" in caplog.text
+    finally:
+        await backend.aclose()
+
+
+async def test_degrade_tells_redis_what_runs_and_what_it_spent_once_back(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
+    """A call admitted on the local share still runs when Redis comes back: within
+    ``recheck_s`` — no new acquire needed — it is leased in Redis again, and the rate its
+    share spent is charged to the global bucket; a restore that fails first keeps the debt."""
+    backend = RedisBackend(own_redis_server.url, prefix=prefix, ttl=3.0,
+                           on_unavailable="degrade", recheck_s=0.1)
+    limits = RedisLimits(backend, concurrency=4, rates=[Rate(60, per=60, burst=10)])
+    pool = backend.pool_key("global:*")
+    try:
+        await backend._heartbeat.beat()  # live: 1 (the whole share)
+        await asyncio.to_thread(own_redis_server.stop)
+        leases = [await limits.acquire(ToolCall("t")) for _ in range(3)]
+        assert all(lease.degraded for lease in leases)
+        assert backend._outage.spent  # 3 requests owed to the global bucket
+        await asyncio.sleep(0.35)  # the recovery loop tried (and failed) meanwhile
+        assert backend._outage.spent and backend._outage.due
+        await asyncio.to_thread(own_redis_server.start)
+        client = redis.asyncio.from_url(own_redis_server.url)
+        try:
+            for _ in range(100):  # within a few recheck_s, without any new acquire
+                if await client.zcard(pool) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert await client.zcard(pool) == 3
+            gcra = [k async for k in client.scan_iter(f"{{{prefix}}}:gcra:*")]
+            assert gcra  # the rate the share spent, charged
+            assert not backend._outage.due and not backend._outage.spent
+            for lease in leases:
+                await lease.release()
+            assert await client.zcard(pool) == 0
+        finally:
+            await client.aclose()
     finally:
         await backend.aclose()

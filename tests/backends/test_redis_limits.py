@@ -335,13 +335,18 @@ async def test_memory_backend_builds_the_same_chain() -> None:
     assert await chain.run(ToolCall("t"), _ok) == "ok"
 
 
-def test_lua_scripts_ship_inside_the_package() -> None:
+def test_lua_library_ships_inside_the_package() -> None:
     from importlib import resources
 
+    from stageflow_plus.backends.scripts import ENTRIES, LIBRARY_NAME, eval_source
+
     lua = resources.files("stageflow_plus.backends").joinpath("lua")
-    names = {entry.name for entry in lua.iterdir()}
-    assert {"prelude.lua", "acquire.lua", "release.lua", "cancel.lua", "tick.lua",
-            "extend.lua", "pause.lua"} <= names
+    source = lua.joinpath("library.lua").read_text("utf-8")
+    for entry in ENTRIES:  # every entry point is registered, and runs as EVAL too
+        assert f"redis.register_function('@LIB@_{entry}', {entry})" in source
+        assert eval_source(entry).endswith(f"return {entry}(KEYS, ARGV)\n")
+        assert "register_function" not in eval_source(entry)
+    assert LIBRARY_NAME.startswith("sfp_") and len(LIBRARY_NAME) == 16
 
 
 def test_distributed_bench_table_and_validation() -> None:
@@ -358,7 +363,9 @@ def test_distributed_bench_table_and_validation() -> None:
     row = {"completed": 10, "http_429": 0, "efficiency": 0.98, "per_process_completed": [9, 1],
            "acquire_tries_per_grant": [1.0, 2.0]}
     extra = {
-        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0},
+        "acquire": {"pair_p50_us": 400.0, "pair_p99_us": 900.0, "acquire_p50_us": 200.0,
+                    "ping_p50_us": 90.0, "ping_p99_us": 300.0,
+                    "redis_cpu_us_per_call": {"fcall": 30.0}},
         "wake_up": {"p50_us": 300.0, "p99_us": 800.0, "samples": 10},
         "fairness": {"processes": 2, "completed": {"heavy": 5, "light": 5}, "jain": 1.0},
         "priority": {"processes": 2, "high_over_low_p99": 0.2, "by_priority": {
@@ -372,7 +379,7 @@ def test_distributed_bench_table_and_validation() -> None:
     assert targets["release_to_wake_p99"]["met"]
     table = format_distributed_table(result)
     assert "global_fairness=met" in table and "global_priority=MISSED" in table
-    assert "Jain 1.0000" in table
+    assert "Jain 1.0000" in table and "PING round trip p50 90 us" in table
 
 
 # -- found in review: reconciliation, precision, releases after a failure ----------------
@@ -459,33 +466,3 @@ async def test_same_priority_waiters_are_served_in_arrival_order(
     await asyncio.gather(first, second)
     assert order == ["first", "second"]
     assert backend.statistics().woken >= 1
-
-
-async def test_a_grant_racing_a_cancellation_is_given_back(backend: RedisBackend) -> None:
-    """The acquire script ran and granted, but the caller was cancelled before it read the
-    answer: the cancel script gives the permit back, it is not left to the TTL."""
-    pools = [GlobalPool("global:*", 1)]
-    real = backend._send_acquire
-    answered, go_on = asyncio.Event(), asyncio.Event()
-
-    async def slow_send(*args: Any, **kwargs: Any) -> Any:
-        sent = asyncio.ensure_future(real(*args, **kwargs))
-        sent.add_done_callback(lambda _: answered.set())
-        await go_on.wait()  # the answer is in, the caller does not read it yet
-        return await sent
-
-    backend._send_acquire = slow_send  # type: ignore[method-assign]
-    waiter = asyncio.create_task(backend.acquire(pools, []))
-    await answered.wait()  # granted in Redis
-    zset = backend.pool_key("global:*")
-    assert await backend.client.zcard(zset) == 1
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    backend._send_acquire = real  # type: ignore[method-assign]
-    for _ in range(200):  # the background cancel lands within a few round trips
-        if await backend.client.zcard(zset) == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert await backend.client.zcard(zset) == 0
-    assert backend.statistics().held == 0
