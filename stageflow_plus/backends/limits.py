@@ -27,7 +27,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..interceptors.call import Proceed, ToolCall, ToolCallInterceptor
+from .._logging import LogDigest, stdlib_emit
+from ..interceptors.call import Proceed, ToolCall, ToolCallInterceptor, check_cost
 from ..interceptors.concurrency import ConcurrencyLimiter
 from ..interceptors.rate import KEYS, default_retry_after
 from ..primitives.clock import Clock, as_clock
@@ -39,6 +40,10 @@ from .scripts import Plan
 __all__ = ["RedisLimits", "redis_limits"]
 
 _log = logging.getLogger("stageflow_plus.redis")
+
+MAX_ACTUAL_COST = 1e15
+"""Largest actual cost of one dimension a call may report (Redis keeps bucket times in
+milliseconds as doubles; a larger charge would overflow them)."""
 
 
 def _caps(value: int | Mapping[str, int] | None, where: str) -> tuple[int | None, dict[str, int]]:
@@ -63,7 +68,9 @@ class RedisLimits:
         ``call.cost[dimension]``); GCRA, starting full (``start_full`` is ignored).
     :param rate_key: ``"global"`` (default), ``"tool"``, ``"tenant"`` or a function.
     :param actual_cost: reads the actual cost from a result; the difference is charged or
-        refunded in the release round trip.
+        refunded in the release round trip. One that raises or returns junk (not a mapping
+        of finite numbers ``>= 0`` up to ``MAX_ACTUAL_COST``) is logged, aggregated, and
+        counted in ``observer_errors``; the tool's result is kept and the estimate stands.
     :param retry_after: finds a provider's ``Retry-After``; the rate key is then paused for
         every process (at most the backend's ``max_pause``).
     :param fair_cost: what a call costs its tenant's fair share: ``"calls"`` (1) or a cost
@@ -79,8 +86,9 @@ class RedisLimits:
     answers).
     """
 
-    __slots__ = ("_actual_cost", "_clock", "_fair_dimension", "_plans", "_pools",
-                 "_rate_key", "_rates", "_retry_after", "backend", "max_wait")
+    __slots__ = ("_actual_cost", "_clock", "_fair_dimension", "_observer_errors", "_plans",
+                 "_pools", "_rate_key", "_rates", "_retry_after", "backend", "max_wait",
+                 "observer_errors")
 
     outside_limits = False
 
@@ -128,6 +136,9 @@ class RedisLimits:
         self._actual_cost = actual_cost
         self._retry_after = retry_after
         self._clock = as_clock(clock)
+        self._observer_errors = LogDigest(stdlib_emit(_log), clock=self._clock)
+        #: calls whose ``actual_cost`` raised or returned junk (their estimate stood)
+        self.observer_errors = 0
         # (tool, tenant, rate key) -> the plan and its buckets: built once per shape
         self._plans: dict[tuple[str, str, str], tuple[Plan, list[GlobalPool],
                                                        list[GlobalBucket], list[str]]] = {}
@@ -224,16 +235,43 @@ class RedisLimits:
         actual: dict[str, float] | None = None
         try:
             if self._actual_cost is not None:
-                measured = self._actual_cost(result)
-                if measured:
-                    actual = {k: float(v) for k, v in measured.items()}
-        finally:  # a failing actual_cost still gives the permits back (unreconciled)
+                actual = self._measured(call, result)
+        finally:
             # pipelined: written before any later command of this process, so a charge
             # is in place before this process's next call is admitted; the permits come
             # back (and wake the next waiter anywhere) as soon as it lands
             lease.release_nowait(actual)
         await self._maybe_pause(call, result)
         return result
+
+    def _measured(self, call: ToolCall, result: Any) -> dict[str, float] | None:
+        """``actual_cost(result)``, checked; a callback that raises or returns junk is
+        reported (aggregated WARNING on ``stageflow_plus.redis``), never allowed to replace
+        the tool's result: the estimate stays charged, as in the in-memory chain."""
+        assert self._actual_cost is not None
+        try:
+            measured = self._actual_cost(result)
+            if measured is None:
+                return None
+            checked = check_cost(measured, "RedisLimits actual_cost", f" of tool {call.tool!r}")
+            for name, value in checked.items():
+                if value > MAX_ACTUAL_COST:
+                    raise ConfigError(f"RedisLimits actual_cost[{name!r}] of tool {call.tool!r}"
+                                      f" = {value!r} is above {MAX_ACTUAL_COST:g}")
+            return {name: float(value) for name, value in checked.items()} or None
+        except Exception as error:
+            detail = str(error) if isinstance(error, ConfigError) else type(error).__name__
+            self._observer_errors.note(
+                logging.WARNING, call.tool, type(error).__name__,
+                what="failed actual_cost calls (the estimate stood)",
+                event="tool_call.observer_failed",
+                first=lambda: ("tool_call.observer_failed",
+                               f"tool_call.observer_failed: RedisLimits actual_cost raised for "
+                               f"tool {call.tool!r} (call {call.call_id}, run {call.run_id}): "
+                               f"{detail}; the tool's outcome is kept, its estimated cost "
+                               "stays charged", {"tool": call.tool}))
+            self.observer_errors += 1
+            return None
 
     async def _maybe_pause(self, call: ToolCall, outcome: Any) -> None:
         if self._retry_after is None or not self._rates:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -405,11 +406,44 @@ async def test_actual_cost_is_reconciled_and_a_failing_estimator_leaks_nothing(
     async def broken(call: ToolCall) -> dict[str, Any]:
         return {}  # no "usage": actual_cost raises KeyError after a successful call
 
-    with pytest.raises(KeyError):
-        await chain.run(ToolCall("llm", cost={"tokens": 1}, deadline=chain.now() + 5), broken)
+    # issue 11.3 on Redis too: the result is kept, the estimate stands, the failure counted
+    assert await chain.run(ToolCall("llm", cost={"tokens": 1}, deadline=chain.now() + 5),
+                           broken) == {}
+    assert limits.observer_errors == 1
     await limits.aclose()  # the release runs in the background: wait for it
     assert await backend.client.zcard(backend.pool_key("global:*")) == 0
     assert backend.statistics().held == 0
+
+
+@pytest.mark.parametrize("usage", [float("inf"), float("nan"), -5.0, "900", 1e300, True])
+async def test_junk_actual_costs_keep_the_result_and_every_caller_s_backend(
+    backend: RedisBackend, usage: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 11.2 on Redis: a junk usage value never reaches a Lua script (an ``inf`` there
+    failed the script, and ``fail_closed`` then refused every caller of the backend)."""
+    limits = RedisLimits(backend, concurrency=2,
+                         rates=[Rate(1000, per=1, burst=1000, dimension="tokens")],
+                         actual_cost=lambda result: result["usage"])
+    chain = _chain(limits)
+
+    async def llm(call: ToolCall) -> dict[str, Any]:
+        return {"usage": {"tokens": usage}}
+
+    with caplog.at_level(logging.WARNING, logger="stageflow_plus.redis"):
+        for _ in range(3):
+            assert await chain.run(ToolCall("llm", cost={"tokens": 10}), llm) == {
+                "usage": {"tokens": usage}}
+    assert limits.observer_errors == 3
+    failures = [r for r in caplog.records if "observer_failed" in r.getMessage()]
+    assert len(failures) == 1  # aggregated: the first at once, the rest counted
+    assert backend.statistics().unavailable == 0  # no script failed, nobody refused
+
+    async def fine(call: ToolCall) -> dict[str, Any]:
+        return {"usage": {"tokens": 5}}
+
+    assert await chain.run(ToolCall("llm", cost={"tokens": 10}), fine)  # still usable
+    await limits.aclose()
+    assert await backend.client.zcard(backend.pool_key("global:*")) == 0
 
 
 async def test_gcra_keeps_sub_millisecond_steps(backend: RedisBackend) -> None:
