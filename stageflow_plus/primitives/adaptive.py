@@ -7,11 +7,12 @@ it from the admission gate and applies its limit to a ``ConcurrencyLimiter`` par
 
 Per call, :meth:`AdaptiveLimit.sample` adds to running sums and one fixed ring of the
 window's round trips (no state grows); once per *window* (at least ``window`` seconds and
-``window_rtts`` no-load round trips, one more round trip after a change, at least
-``min_samples`` samples) it decides. With ``R0`` the no-load round trip (the lowest window
-median since the last probe), ``rtt`` the window's median round trip (a stall that delays a
-few calls moves it little), ``inflight`` the mean calls in flight at completions and ``L``
-the limit:
+``window_rtts`` no-load round trips, at least ``min_samples`` samples) it decides. With
+``rtt`` the window's round trip (the mean of its samples within a quarter of the
+``percentile``: for the median, the mean of the middle half — as robust to a stall as the
+median, and half as noisy), ``R0`` the no-load round trip (the lowest mean of two windows in
+a row since the last probe: one window that happened to be fast does not set it for good),
+``inflight`` the mean calls in flight at completions and ``L`` the limit:
 
 * **capacity** ``Ĉ = inflight · R0 / rtt`` — the throughput (``inflight / rtt``, Little's
   law) times the no-load latency: how many calls in flight the provider serves without
@@ -19,24 +20,36 @@ the limit:
   gradient is ``R0 / rtt``).
 * **drop** (429, 503, a timeout, a ``Retry-After``) decides at once: ``L ← min(L ·
   drop_backoff, Ĉ · (1 + headroom))``, at least one call less; no growth for two windows.
+  A drop is also the first sign of overload: the next window that queues cuts at once.
 * **queueing** (``q`` at or above the tolerance, which widens with the measured
   window-to-window noise; the limit at least half used): ``L`` moves to ``Ĉ · (1 +
   headroom)`` — at once when ``q ≥ cut_above``, else by ``smoothing`` of the way, at least
-  one call, never below ``L · (1 − max_decrease)`` — once a second window confirms it,
-  unless our own growth just made the provider queue a lot; within a small dead band above
-  that aim the limit holds (the knee).
+  one call, never below ``L · (1 − max_decrease)`` — once a second window (or a drop)
+  confirms it, unless our own growth just made the provider queue a lot; within a small
+  dead band above that aim the limit holds (the knee).
 * **growth** (no queueing, or the last growth added calls without raising the round trip —
   *room* —, the limit used: calls in flight reached it): ``L ← L · (1 + growth[k])`` for the
   ``k``-th window in a row, by at least one call; only the smallest step near the last knee
-  or when only room justifies it. An unused limit never grows.
-* **recall**: a large cut remembers the capacity seen before it (throughput × ``R0``); a
-  second growth window in a row with no queueing at all goes straight back there.
+  or when only room justifies it, and room alone never grows a limit near the knee. Past
+  the knee's aim a limit grows by one call, and only after a *clear* window (``rtt`` within
+  half the configured tolerance of the lowest recent window or ``R0``, whichever is
+  higher: a recent reference the machine's own load has not drifted from). An unused
+  limit never grows.
+* **recall**: a large cut remembers the capacity seen before it (throughput × ``R0``, from
+  windows a drop did not cut short). With at least a call more in flight than the knee's
+  aim, a second growth window in a row that is clear — or a tenth more calls in flight than
+  in the last window held at the knee answered no slower than there — goes straight back.
 * **probe**: when cuts lowered in-flight by 20 % but the round trip did not follow (the
   provider, or the caller's machine, got slower: ``R0`` is stale) or every
   ``probe_interval`` seconds, the limit is pinned to ``probe_fraction`` of the estimated
   capacity for one window and ``R0`` is re-learned from it; the limit then returns.
-* Samples of calls admitted before the last limit change (and drops among them) are left
-  out: they measure the old limit. The limit stays in ``[min_limit, max_limit]``.
+* After a change, samples of calls admitted before it (and drops among them) are left out:
+  they measure the old limit; the window runs for its length from the first answer of a
+  call admitted after it (a cut waits for holders to finish, a provider's pause holds every
+  call back). After a drop — the provider's ``Retry-After`` pauses the key for every caller
+  and empties the provider — the calls admitted as the pause ends are served at once, the
+  first wave without queueing: the window measures calls admitted one round trip later.
+  The limit stays in ``[min_limit, max_limit]``.
 
 .. versionadded:: 0.2.0
 """
