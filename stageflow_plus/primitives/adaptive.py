@@ -7,11 +7,12 @@ it from the admission gate and applies its limit to a ``ConcurrencyLimiter`` par
 
 Per call, :meth:`AdaptiveLimit.sample` adds to running sums and one fixed ring of the
 window's round trips (no state grows); once per *window* (at least ``window`` seconds and
-``window_rtts`` no-load round trips, one more round trip after a change, at least
-``min_samples`` samples) it decides. With ``R0`` the no-load round trip (the lowest window
-median since the last probe), ``rtt`` the window's median round trip (a stall that delays a
-few calls moves it little), ``inflight`` the mean calls in flight at completions and ``L``
-the limit:
+``window_rtts`` no-load round trips, at least ``min_samples`` samples) it decides. With
+``rtt`` the window's round trip (the mean of its samples within a quarter of the
+``percentile``: for the median, the mean of the middle half — as robust to a stall as the
+median, and half as noisy), ``R0`` the no-load round trip (the lowest mean of two windows in
+a row since the last probe: one window that happened to be fast does not set it for good),
+``inflight`` the mean calls in flight at completions and ``L`` the limit:
 
 * **capacity** ``Ĉ = inflight · R0 / rtt`` — the throughput (``inflight / rtt``, Little's
   law) times the no-load latency: how many calls in flight the provider serves without
@@ -19,24 +20,36 @@ the limit:
   gradient is ``R0 / rtt``).
 * **drop** (429, 503, a timeout, a ``Retry-After``) decides at once: ``L ← min(L ·
   drop_backoff, Ĉ · (1 + headroom))``, at least one call less; no growth for two windows.
+  A drop is also the first sign of overload: the next window that queues cuts at once.
 * **queueing** (``q`` at or above the tolerance, which widens with the measured
   window-to-window noise; the limit at least half used): ``L`` moves to ``Ĉ · (1 +
   headroom)`` — at once when ``q ≥ cut_above``, else by ``smoothing`` of the way, at least
-  one call, never below ``L · (1 − max_decrease)`` — once a second window confirms it,
-  unless our own growth just made the provider queue a lot; within a small dead band above
-  that aim the limit holds (the knee).
+  one call, never below ``L · (1 − max_decrease)`` — once a second window (or a drop)
+  confirms it, unless our own growth just made the provider queue a lot; within a small
+  dead band above that aim the limit holds (the knee).
 * **growth** (no queueing, or the last growth added calls without raising the round trip —
   *room* —, the limit used: calls in flight reached it): ``L ← L · (1 + growth[k])`` for the
   ``k``-th window in a row, by at least one call; only the smallest step near the last knee
-  or when only room justifies it. An unused limit never grows.
-* **recall**: a large cut remembers the capacity seen before it (throughput × ``R0``); a
-  second growth window in a row with no queueing at all goes straight back there.
+  or when only room justifies it, and room alone never grows a limit near the knee. Past
+  the knee's aim a limit grows by one call, and only after a *clear* window (``rtt`` within
+  half the configured tolerance of the lowest recent window or ``R0``, whichever is
+  higher: a recent reference the machine's own load has not drifted from). An unused
+  limit never grows.
+* **recall**: a large cut remembers the capacity seen before it (throughput × ``R0``, from
+  windows a drop did not cut short). With at least a call more in flight than the knee's
+  aim, a second growth window in a row that is clear — or a tenth more calls in flight than
+  in the last window held at the knee answered no slower than there — goes straight back.
 * **probe**: when cuts lowered in-flight by 20 % but the round trip did not follow (the
   provider, or the caller's machine, got slower: ``R0`` is stale) or every
   ``probe_interval`` seconds, the limit is pinned to ``probe_fraction`` of the estimated
   capacity for one window and ``R0`` is re-learned from it; the limit then returns.
-* Samples of calls admitted before the last limit change (and drops among them) are left
-  out: they measure the old limit. The limit stays in ``[min_limit, max_limit]``.
+* After a change, samples of calls admitted before it (and drops among them) are left out:
+  they measure the old limit; the window runs for its length from the first answer of a
+  call admitted after it (a cut waits for holders to finish, a provider's pause holds every
+  call back). After a drop — the provider's ``Retry-After`` pauses the key for every caller
+  and empties the provider — the calls admitted as the pause ends are served at once, the
+  first wave without queueing: the window measures calls admitted one round trip later.
+  The limit stays in ``[min_limit, max_limit]``.
 
 .. versionadded:: 0.2.0
 """
@@ -61,10 +74,14 @@ _NOISE_FLOOR = 0.05
 # a growth that added calls in flight while the round trip rose less than this share of it
 # found room (most added calls did not queue)
 _ROOM = 0.4
+# recall: this share more calls in flight than at the knee, answered no slower
+_RECALL_STEP = 0.1
 # throughput is remembered over this many windows (the capacity to grow back to)
 _XMAX_WINDOWS = 8
 # round trips kept per window for its percentile (the last ones when there are more)
 _KEPT = 128
+# a window's round trip is the mean of its samples within this share of the percentile
+_BAND = 0.25
 
 
 class AdaptiveLimit:
@@ -82,15 +99,19 @@ class AdaptiveLimit:
         "_cut_inflight",
         "_cut_rtt",
         "_done",
+        "_dropped",
         "_drops",
         "_drops_total",
         "_end",
+        "_extend",
         "_fresh_after",
         "_grew",
         "_grow_after",
         "_held",
         "_inflight",
         "_knee",
+        "_knee_inflight",
+        "_knee_rtt",
         "_last_drops",
         "_last_inflight",
         "_last_n",
@@ -99,11 +120,14 @@ class AdaptiveLimit:
         "_n",
         "_next_probe",
         "_noise",
+        "_pair_rtt",
+        "_paired",
         "_peak",
         "_probe_saved",
         "_probing",
         "_recall",
         "_recall_base",
+        "_recent",
         "_rtt0",
         "_rtts",
         "_start",
@@ -122,8 +146,11 @@ class AdaptiveLimit:
         self._cap = int(self._limit)  # invariant: the limit applied, in the bounds
         self.reason = "bounds" if self._cap != limit else ""  # (the start was clamped)
         self._rtt0 = 0.0  # no-load round trip; 0 until the first window
+        self._pair_rtt = 0.0  # the last window's round trip (0: too few samples)
+        self._paired = False  # rtt0 came from two windows in a row (not one alone)
         self._fresh_after = -math.inf  # samples of calls admitted before this are stale
         self._grow_after = -math.inf  # no growth before this (after a drop)
+        self._dropped = False  # the last change was a drop (the provider may have paused)
         self._next_probe = (
             now + settings.probe_interval if settings.probe_interval > 0 else math.inf
         )
@@ -133,10 +160,12 @@ class AdaptiveLimit:
         self._cut_inflight = 0.0  # in-flight and rtt before the first of the latest cuts
         self._cut_rtt = 0.0
         self._xmax = [0.0] * _XMAX_WINDOWS  # throughput of the last windows (a ring)
+        self._recent = [0.0] * _XMAX_WINDOWS  # round trips of the last windows (a ring)
         self._rtts = [0.0] * _KEPT  # the window's round trips (a ring of fixed size)
         self._recall = 0.0  # where to grow back to after a large cut (0: nowhere)
         self._recall_base = 0.0  # the limit that large cut set
         self._knee = 0.0  # the capacity estimated when queueing was last seen
+        self._knee_rtt = self._knee_inflight = 0.0  # that window's round trip and in-flight
         self._grew = False  # the last window grew the limit
         self._suspect = False  # queueing seen once without growth: confirm before cutting
         self._noise = 0.0  # how much the round trip moves between windows by itself
@@ -146,6 +175,7 @@ class AdaptiveLimit:
         self._last_n = self._last_drops = 0
         # the window: running sums only (see _open)
         self._start = self._end = now
+        self._extend = False
         self._n = self._drops = self._peak = self._done = 0
         self._inflight = 0.0
         self._open(now)
@@ -156,6 +186,10 @@ class AdaptiveLimit:
         if not dropped:
             self._done += 1  # throughput counts every answer, stale or not
         if started >= self._fresh_after:
+            if self._extend and not dropped:
+                self._first_answer(now, started)  # (once per change)
+                if started < self._fresh_after:
+                    return self._cap
             if dropped:
                 self._drops += 1
             else:
@@ -169,12 +203,38 @@ class AdaptiveLimit:
                 self._decide(now)
         return self._cap
 
-    # once per window ---------------------------------------------------------------------
+    # once per change / window -----------------------------------------------------------
+    def _first_answer(self, now: float, started: float) -> None:
+        """The first answer of a call admitted under a new limit: the window runs for its
+        length from here. After a drop (a provider's ``Retry-After`` pauses every call) the
+        calls admitted as the pause ends reach an emptied provider all at once, the first
+        of them served without waiting: the window measures calls admitted one round trip
+        later (a mean of that burst would hide most of the queue — and the cut)."""
+        self._extend = False
+        length = max(self.settings.window, self.settings.window_rtts * self._rtt0)
+        if self._dropped:
+            self._dropped = False
+            self._fresh_after = started + self._rtt0
+            self._n = self._drops = self._peak = 0
+            self._inflight = 0.0
+            length += self._rtt0
+        end = now + length
+        if end > self._end:
+            self._end = end
+
     def _open(self, now: float) -> None:
         self._start = now
         self._end = now + max(self.settings.window, self.settings.window_rtts * self._rtt0)
-        if self._fresh_after == now:
-            self._end += self._rtt0  # calls admitted from now on answer one round trip later
+        # after a change, calls admitted from now on answer one round trip later at the
+        # soonest — later when a cut waits for holders to finish or a provider's pause holds
+        # every call back: the window runs for its length from the first of their answers
+        # (not from the pause: a window of the first few answers after it would see only
+        # the calls an emptied provider served at once)
+        self._extend = self._fresh_after == now
+        if self._extend:
+            self._end += self._rtt0
+        else:
+            self._dropped = False
         self._n = self._drops = self._peak = self._done = 0
         self._inflight = 0.0
 
@@ -208,8 +268,7 @@ class AdaptiveLimit:
         if self._probing:
             target, reason = self._end_probe(n, drops, rtt)
         else:
-            if n >= s.min_samples and rtt > 0.0 and (self._rtt0 <= 0.0 or rtt < self._rtt0):
-                self._rtt0 = rtt
+            self._learn_baseline(n, rtt)
             rtt0 = self._rtt0
             queueing = max(0.0, 1.0 - rtt0 / rtt) if rtt > 0.0 and rtt0 > 0.0 else 0.0
             capacity = inflight * (1.0 - queueing)
@@ -227,22 +286,51 @@ class AdaptiveLimit:
                     return
                 target, reason = self._on_queueing(queueing, capacity, inflight, rtt)
             elif self._peak >= self._cap and now >= self._grow_after:
-                if queueing >= tolerance:
+                if queueing < tolerance:
+                    target, reason = self._grow(self._clear(rtt), rtt, inflight)
+                elif self._near_knee():
+                    # room, but some queueing, near the last knee: hold (a step that
+                    # happened not to raise the round trip must not creep past capacity)
+                    target, reason = self._limit, ""
+                    self._streak = 0
+                else:
                     self._streak = 0  # room, but some queueing: no larger steps
-                target, reason = self._grow(queueing < s.tolerance / 2)
+                    target, reason = self._grow(False, rtt, inflight)
             else:
                 target, reason = self._limit, ""
                 self._streak = 0
             if reason in ("grow", "drop") or queueing < tolerance:
                 self._cut_inflight = 0.0  # (holds between cuts keep the streak of cuts)
-            if drops or queueing < tolerance:
+            if queueing < tolerance:
                 self._suspect = False
+            if drops:
+                # a drop is the first sign of overload: a window that queues confirms it
+                self._suspect = True
             self._grew = reason == "grow"
-            if n >= s.min_samples:
+            if n >= s.min_samples and not drops:  # (a drop cuts a window short: no rate)
                 self._xmax[self._windows % _XMAX_WINDOWS] = self._throughput
+        if n >= s.min_samples and rtt > 0.0:
+            self._recent[self._windows % _XMAX_WINDOWS] = rtt
         self._set(target, reason, now)
         self._held = not self._probing and self._cap == cap_before
+        self._dropped = reason == "drop"
+        self._pair_rtt = rtt if n >= s.min_samples else 0.0
         self._open(now)
+
+    def _learn_baseline(self, n: int, rtt: float) -> None:
+        """``R0``: the lowest mean round trip of two windows in a row (the first window alone
+        until there are two), so one window that happened to be fast does not set it for
+        good: the lowest of many windows is lower than their typical value by about the
+        spread of one, and every later queueing share would be read that much too high."""
+        if n < self.settings.min_samples or rtt <= 0.0:
+            return
+        if self._pair_rtt > 0.0:
+            low = 0.5 * (rtt + self._pair_rtt)
+            if not self._paired or low < self._rtt0:
+                self._rtt0 = low
+                self._paired = True
+        elif self._rtt0 <= 0.0:
+            self._rtt0 = rtt
 
     def _room(self, n: int, rtt: float, inflight: float) -> bool:
         """The last growth added calls in flight and the round trip barely moved: whatever
@@ -254,11 +342,21 @@ class AdaptiveLimit:
         return added > 0.0 and rtt / self._last_rtt - 1.0 < _ROOM * added
 
     def _percentile(self, n: int) -> float:
-        """The window's round trip at the settings' percentile (0 without samples)."""
+        """The window's round trip around the settings' percentile: the mean of the samples
+        within ``_BAND`` of it (the median: the mean of the middle half). As robust to a
+        stall as the percentile, and a window's value moves about half as much by chance,
+        so a few per cent of queueing can be told from noise. 0 without samples."""
         if n <= 0:
             return 0.0
         kept = sorted(self._rtts[: min(n, _KEPT)])
-        return kept[min(len(kept) - 1, int(self.settings.percentile * len(kept)))]
+        m = len(kept)
+        p = self.settings.percentile
+        lo = min(m - 1, int(max(0.0, p - _BAND) * m))
+        hi = max(lo + 1, min(m, int(min(1.0, p + _BAND) * m + 0.5)))
+        total = 0.0
+        for i in range(lo, hi):
+            total += kept[i]
+        return total / (hi - lo)
 
     def _on_drop(self, now: float, n: int, queueing: float, capacity: float) -> tuple[float, str]:
         s = self.settings
@@ -286,6 +384,7 @@ class AdaptiveLimit:
         if limit <= aim * (1.0 + max(_DEADBAND, self._noise)):
             self._suspect = False
             self._knee = capacity
+            self._knee_rtt, self._knee_inflight = rtt, inflight  # (the knee, held)
             self._cut_inflight = 0.0  # (a streak of cuts ends at the knee)
             return self._limit, ""  # at the knee, as intended
         if not self._suspect and not (self._grew and queueing >= s.cut_above):
@@ -295,6 +394,7 @@ class AdaptiveLimit:
             return self._limit, ""
         self._suspect = False
         self._knee = capacity
+        self._knee_rtt = 0.0  # (a cut: no window held at the knee yet)
         if self._recall > 0.0 and limit > 1.2 * self._recall_base:
             self._recall = 0.0  # grown back toward it and queueing: capacity did not return
         step = 1.0 if queueing >= s.cut_above else s.smoothing
@@ -314,23 +414,57 @@ class AdaptiveLimit:
                 self._xmax[i] = 0.0  # throughput from now on measures the new capacity
         return target
 
-    def _grow(self, clear: bool) -> tuple[float, str]:
+    def _grow(self, clear: bool, rtt: float, inflight: float) -> tuple[float, str]:
         s = self.settings
         limit = self._limit
         if self._recall > 0.0:
             if limit >= 0.9 * self._recall:
                 self._recall = 0.0
-            elif self._streak >= 1 and clear:
-                # a second window in a row with room and no queueing at all (half the
-                # configured tolerance, however noisy): capacity is back
+            elif inflight >= self._knee * (1.0 + s.headroom) + 1.0 and (
+                (self._streak >= 1 and clear)
+                or (self._knee_rtt > 0.0 and inflight >= (1.0 + _RECALL_STEP)
+                    * self._knee_inflight and rtt <= self._knee_rtt)
+            ):
+                # at least a call above the knee, and a second window in a row with room
+                # and no queueing at all (half the configured tolerance, however noisy) —
+                # or a tenth more calls in flight than in the last window held at the knee
+                # answered no slower than there (a comparison with a recent window,
+                # immune to a baseline the machine's load has drifted from): capacity is
+                # back
                 target = max(self._recall, limit + 1.0)
                 self._knee, self._recall, self._streak = self._recall, 0.0, 0
                 return target, "grow"
-        if 0.95 * self._knee <= limit <= 1.15 * self._knee:
+        if self._near_knee():
             self._streak = 0  # where queueing began last time: the smallest step
+            if limit >= self._knee * (1.0 + s.headroom):
+                # past the knee's aim: a call at a time, and only after a window with no
+                # queueing at all (a window that merely stayed within the tolerance — noise
+                # or the caller's own overhead — must not creep the limit past capacity)
+                if not clear:
+                    return limit, ""
+                self._streak = 1  # (a growth window: a next clear one may recall)
+                return limit + 1.0, "grow"
         step = s.growth[min(self._streak, len(s.growth) - 1)]
         self._streak += 1
         return max(limit * (1.0 + step), limit + 1.0), "grow"
+
+    def _clear(self, rtt: float) -> bool:
+        """No queueing at all: the round trip is within half the configured tolerance of the
+        lowest of the last windows or ``R0``, whichever is higher (however noisy; a recent
+        reference, so a baseline the machine's load has drifted from since it was learned
+        does not hide it)."""
+        low = 0.0
+        for value in self._recent:
+            if value > 0.0 and (low <= 0.0 or value < low):
+                low = value
+        low = max(low, self._rtt0)  # (R0 re-learned by a probe since: from there)
+        if low <= 0.0 or rtt <= 0.0:
+            return False
+        return 1.0 - low / rtt < self.settings.tolerance / 2
+
+    def _near_knee(self) -> bool:
+        """The limit is where queueing began last time (0.95x to 1.15x the knee)."""
+        return 0.95 * self._knee <= self._limit <= 1.15 * self._knee
 
     def _stale_baseline(self, rtt: float, inflight: float) -> bool:
         """Cuts (one large or several small) lowered in-flight by 20 % or more but the round
@@ -349,6 +483,7 @@ class AdaptiveLimit:
         s = self.settings
         self._probing = True
         self._probe_saved = self._limit
+        self._dropped = False
         self._cut_inflight = 0.0
         self._streak = 0
         self._fresh_after = now  # the probe measures only calls admitted under it

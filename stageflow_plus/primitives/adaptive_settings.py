@@ -54,9 +54,10 @@ class AdaptiveSettings:
     :ivar min_samples: samples (completed calls) a window needs before deciding (>= 1).
     :ivar max_window: a window with fewer samples ends after this many seconds, deciding
         nothing (>= ``window``).
-    :ivar percentile: the window's round trip is this percentile of its last 128 samples
-        (``0.5``: the median, as Envoy; a stall that delays a few calls moves it little; in
-        ``[0, 1)``).
+    :ivar percentile: the window's round trip is taken around this percentile of its last
+        128 samples: the mean of those within ``±0.25`` of it (``0.5``: the mean of the middle
+        half — a stall that delays a few calls moves it little, as it does a median, and
+        chance moves it about half as much; in ``[0, 1)``).
     :ivar tolerance: share of the round trip spent queueing (``1 − R0/rtt``) below which
         the provider counts as not queueing, so the limit may grow (in ``[0, 1)``).
     :ivar headroom: the limit aims at the estimated capacity times ``1 + headroom`` (a

@@ -46,8 +46,8 @@ class Changes:
 
 
 def drive_model(phases: list[tuple[float, int]], seconds: float, *, workers: int = 80,
-                start: int = 4, settings: AdaptiveSettings = FAST,
-                latency_ms: float = 100.0) -> tuple[list[tuple[float, int]], Changes]:
+                start: int = 4, settings: AdaptiveSettings = FAST, latency_ms: float = 100.0,
+                provider_pause: bool = False) -> tuple[list[tuple[float, int]], Changes]:
     """``workers`` callers in a closed loop through the chain against the model, on virtual
     time; returns the limit every 50 ms and the recorded changes."""
 
@@ -57,10 +57,10 @@ def drive_model(phases: list[tuple[float, int]], seconds: float, *, workers: int
             tuple(CapacityPhase(at, cap, latency_ms) for at, cap in phases), jitter=0.1))
         adaptive = AdaptiveConcurrency("tool", settings=settings)
         changes = Changes()
-        # the controller's rules alone: without the chain's ProviderPause, whose pause on
-        # the model's 503/429 Retry-After would stop every call (and every sample) meanwhile
+        # the controller's rules alone unless asked: the chain's ProviderPause pauses every
+        # call (and every sample) on the model's 503/429 Retry-After
         chain = ToolCallChain([ConcurrencyLimiter(per_tool=start), adaptive], listener=changes,
-                              provider_pause=False)
+                              provider_pause=provider_pause)
         model.start()
         end = loop.time() + seconds
 
@@ -101,6 +101,20 @@ def test_it_finds_the_capacity_of_a_virtual_provider_and_holds_it() -> None:
 def test_capacity_halved_then_doubled_is_followed_within_three_windows() -> None:
     window = 0.5  # (FAST: max(0.5 s, 2 x 100 ms))
     timeline, _ = drive_model([(0.0, 32), (12.0, 16), (20.0, 32)], 28.0)
+    for change, capacity, until in ((12.0, 16, 20.0), (20.0, 32, 28.0)):
+        settled = limits_between(timeline, change + 3 * window, until)
+        assert abs(settled[0] - capacity) / capacity <= 0.10, (capacity, settled[:5])
+        assert all(abs(x - capacity) / capacity <= 0.15 for x in settled), sorted(set(settled))
+
+
+def test_capacity_halved_then_doubled_is_followed_with_the_chains_provider_pause() -> None:
+    # the real chain: the model's 429s (its queue overflows when capacity halves) pause the
+    # key for every call; the window after the pause must measure the queue, not the burst
+    # an emptied provider serves at once, and the limit must grow back when capacity returns
+    window = 0.5
+    timeline, changes = drive_model([(0.0, 32), (12.0, 16), (20.0, 32)], 28.0,
+                                    provider_pause=True)
+    assert "drop" in {reason for *_, reason in changes.changes}, "no 429: no pause tested"
     for change, capacity, until in ((12.0, 16, 20.0), (20.0, 32, 28.0)):
         settled = limits_between(timeline, change + 3 * window, until)
         assert abs(settled[0] - capacity) / capacity <= 0.10, (capacity, settled[:5])

@@ -260,3 +260,59 @@ def test_any_sample_stream_keeps_the_limit_in_bounds_finite_and_an_int(
     for value in (stats.rtt_noload, stats.rtt, stats.gradient, stats.capacity,
                   stats.in_flight, stats.throughput):
         assert math.isfinite(value) and not math.isnan(value)
+
+
+def _burst_after_pause(policy: AdaptiveLimit, t: float, capacity: int) -> float:
+    """A drop (the provider's 429, a Retry-After pause of 0.5 s: no calls), then the calls
+    admitted as the pause ends reach an emptied provider at once: ``capacity`` of them are
+    answered after one service time, the rest after two; from then on a closed loop of
+    ``limit`` calls queues (each round trip ``limit / capacity`` service times)."""
+    policy.sample(t, t - 0.01, policy.limit, True)
+    limit = policy.limit
+    resume = t + 0.5
+    for i in range(limit):
+        wave = 1 if i < capacity else 2
+        policy.sample(resume + wave * S + i * 1e-5, resume, limit, False)
+    rtt = S * limit / capacity
+    now = resume + 2 * S
+    while now < resume + 2 * S + windows(1) + rtt:
+        now += S / capacity
+        policy.sample(now, now - rtt, limit, False)
+    return now
+
+
+def test_the_window_after_a_pause_measures_the_queue_not_the_burst_and_cuts_at_once() -> None:
+    policy = AdaptiveLimit(SETTINGS, 8, 0.0)
+    t, _ = Provider(capacity=32).feed(policy, 0.0, windows(15))
+    assert 30 <= policy.limit <= 36 and policy.rtt_noload == pytest.approx(S, rel=0.01)
+    # capacity halves to 16; the provider's queue overflows: one drop, then a pause
+    end = _burst_after_pause(policy, t, 16)
+    # one window after the first answers (not the fast first wave: the queue behind it),
+    # and the drop counts as the first sign of overload: the cut lands at capacity at once
+    assert policy.reason == "rtt"
+    assert 16 <= policy.limit <= 17, policy.statistics("k")
+    assert end - t <= 0.5 + 2 * S + windows(1) + 2 * S
+
+
+def test_one_window_that_happened_to_be_fast_does_not_set_the_baseline_for_good() -> None:
+    policy = AdaptiveLimit(SETTINGS, 10, 0.0)
+    t = 0.0
+    for rtt in (S, S, 0.94 * S, S, S, S):  # one window 6 % faster by chance
+        provider = Provider(capacity=100, demand=10, service=rtt)
+        t, _ = provider.feed(policy, t, windows(1))
+    # the lowest mean of two windows in a row: 3 % below, not the lucky window's 6 %
+    assert policy.rtt_noload == pytest.approx(0.97 * S, rel=0.005)
+    assert policy.rtt_noload > 0.95 * S
+
+
+def test_growth_past_the_knee_needs_a_window_with_no_queueing_at_all() -> None:
+    # round trips 4 % above the baseline whatever the load (within the 5 % tolerance: noise,
+    # or the caller's own overhead): at the knee the limit holds instead of creeping up a
+    # call per window past capacity
+    policy = AdaptiveLimit(SETTINGS, 8, 0.0)
+    provider = Provider(capacity=40)
+    t, _ = provider.feed(policy, 0.0, windows(15))
+    knee = policy.limit
+    provider.service = 1.04 * S  # the caller's own overhead: 4 % on every round trip
+    _, limits = provider.feed(policy, t, windows(10))
+    assert max(limits) <= knee + 1, (knee, sorted(set(limits)))

@@ -8,8 +8,9 @@ run, with a fresh model per run; the client calls it with a real Stageflow tool
 LimitedToolRegistry`, one task per arrival, every run bounded in calls and time.
 
 Strategies, each the full chain (``Backpressure`` — a queue of 64, 1 s at most, the lowest
-priority evicted first —, ``PriorityFairQueue``, a rate limiter whose only job is to pause
-the key on a ``Retry-After``, ``ConcurrencyLimiter``): ``adaptive``
+priority evicted first —, ``PriorityFairQueue``, an unlimited rate limiter,
+``ConcurrencyLimiter`` and the chain's ``ProviderPause``, which pauses the key for every
+caller on a ``Retry-After``): ``adaptive``
 (:class:`~stageflow_plus.interceptors.adaptive.AdaptiveConcurrency`), ``fixed_low`` (limit
 ``L/2``), ``fixed_high`` (``2L``), ``aimd`` and ``vegas`` (the same interceptor with the
 rules of :mod:`~stageflow_plus.bench.adaptive.baselines`). Metrics and targets:
@@ -105,7 +106,7 @@ def build_chain(strategy: str, cfg: AdaptiveBenchConfig) -> tuple[ToolCallChain,
         Backpressure(max_queue=cfg.max_queue, max_wait=cfg.max_wait,
                      shedding="evict_lowest_priority", deadline_aware=False),
         PriorityFairQueue(aging_interval=10.0),
-        TokenBucketRateLimiter([Rate(1e9, per=1.0)], key="tool"),  # only pauses on 429/503
+        TokenBucketRateLimiter([Rate(1e9, per=1.0)], key="tool"),  # (the chain pauses on 429)
         ConcurrencyLimiter(per_tool=start),
     ]
     adaptive = None
