@@ -166,6 +166,12 @@ class ProviderPause(LimitPart):
         return self._key(call)
 
     # the gate's hooks -------------------------------------------------------------------
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """Nothing while no key is paused (the gate then asks nothing per call)."""
+        if type(self).add_demands is not ProviderPause.add_demands or self._paused:
+            return None
+        return ()
+
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         if self._paused:  # the whole cost when nothing is paused: this truth test
             if now >= self._next_expiry:
@@ -236,6 +242,8 @@ class ProviderPause(LimitPart):
             gate = None
         if gate is None:
             gate = self._paused[key] = PauseGate(f"pause:{key}", until)
+            if len(self._paused) == 1:
+                self.demands_changed()  # from now on every call is asked about its key
         elif until <= gate.until:
             return  # a shorter or equal pause changes nothing
         else:
@@ -274,6 +282,8 @@ class ProviderPause(LimitPart):
             else:
                 expiry = min(expiry, gate.until if gate.until > now else now + 1.0)
         self._next_expiry = expiry
+        if not self._paused:
+            self.demands_changed()  # no pause left: calls are no longer asked
 
     def paused(self) -> dict[str, float]:
         """Seconds left per paused key (keys whose pause is over are left out)."""

@@ -159,6 +159,10 @@ def _instances() -> dict[type, Callable[[], Any]]:
         Queueing: lambda: _populated(Queueing, limiter),
         Limiter: lambda: limiter,
         AdmissionGate: lambda: gate,
+        ToolCall: lambda: ToolCall(
+            "search", {"q": "x"}, object(), "run-1", "acme", 2, {"tokens": 5.0}, 9.0,
+            {"ctx": 1}, {"concurrency": 2},
+        ),
     }
 
 
