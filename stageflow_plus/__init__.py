@@ -11,6 +11,7 @@ from .backends import (
 )
 from .interceptors import (
     LIMITER_ORDER,
+    AdaptiveConcurrency,
     AdmissionGate,
     Backpressure,
     BreakerState,
@@ -34,6 +35,7 @@ from .interceptors import (
     ToolCallRetry,
     ToolCircuitBreaker,
     UsageReconciler,
+    default_is_drop,
     default_is_failure,
     default_retry_after,
     limited,
@@ -49,6 +51,9 @@ from .llm import (
     read_answer,
 )
 from .primitives import (
+    AdaptiveLimit,
+    AdaptiveSettings,
+    AdaptiveStatistics,
     AdmissionPolicy,
     CircuitOpen,
     Clock,
@@ -62,6 +67,7 @@ from .primitives import (
     Limiter,
     LimiterClosed,
     LimiterStatistics,
+    LimitPolicy,
     LoopClock,
     ManualClock,
     PriorityFairOrdering,
@@ -113,6 +119,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LIMITER_ORDER",
+    "AdaptiveConcurrency",
+    "AdaptiveLimit",
+    "AdaptiveSettings",
+    "AdaptiveStatistics",
     "AdmissionGate",
     "AdmissionPolicy",
     "BackendUnavailable",
@@ -138,6 +148,7 @@ __all__ = [
     "InvalidRunOverride",
     "Lease",
     "LimitAwareCircuitBreaker",
+    "LimitPolicy",
     "LimitedAdvancedToolExecutor",
     "LimitedBlock",
     "LimitedToolExecutor",
@@ -194,6 +205,7 @@ __all__ = [
     "build",
     "call_scope",
     "current_scope",
+    "default_is_drop",
     "default_is_failure",
     "default_retry_after",
     "estimate_tokens",

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 COMPILED_MODULES: tuple[str, ...] = (
+    "stageflow_plus.primitives.adaptive",
     "stageflow_plus.primitives.loop_clock",
     "stageflow_plus.primitives.resources",
     "stageflow_plus.primitives.waiter",

@@ -16,6 +16,11 @@
   ``asyncio.Semaphore`` (per-call overhead, 10 000 tasks, waiter scaling and memory).
 * ``stageflow-plus bench --processes 4 [--backend redis://...]`` — one limit shared by
   several processes on Redis against per-process limits.
+* ``stageflow-plus bench --adaptive [--quick] [--json PATH] [--plot DIR]`` — adaptive
+  concurrency against a provider whose capacity moves (also part of the full ``bench``).
+* ``stageflow-plus bench --reliability [--quick] [--json PATH]`` — long uptimes and hostile
+  loads: memory over 1 M calls (fixed and distinct run ids), event-loop lag with 50 000
+  waiters beside ``asyncio.Semaphore``, Redis faults under every unavailability policy.
 
 .. versionadded:: 0.1.0
 """
@@ -58,8 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--core", action="store_true",
                       help="the limiter's own overhead against asyncio.Semaphore")
+    mode.add_argument("--reliability", action="store_true",
+                      help="memory over 1 M calls, loop lag with 50 000 waiters, Redis faults")
     mode.add_argument("--processes", type=int, metavar="N",
                       help="N worker processes sharing one limit (needs --backend or redis)")
+    mode.add_argument("--adaptive", action="store_true",
+                      help="adaptive concurrency against a provider whose capacity moves")
     bench.add_argument("--backend", metavar="URL",
                        help="redis://host:port/db for --processes (default: a temporary "
                             "redis-server)")
@@ -95,6 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             result = run_core_bench(quick=args.quick)
             print(format_core_table(result))
+            _write_json(result, args.json)
+            return 0
+        if args.adaptive:
+            from .bench.adaptive import run_adaptive_bench
+
+            run_adaptive_bench(quick=args.quick, json_path=args.json, plot_dir=args.plot)
+            return 0
+        if args.reliability:
+            from .bench.reliability import format_reliability_table, run_reliability
+
+            result = run_reliability(quick=args.quick)
+            print(format_reliability_table(result))
             _write_json(result, args.json)
             return 0
         if args.processes is not None:

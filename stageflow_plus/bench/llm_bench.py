@@ -39,9 +39,9 @@ from ..primitives.resources import Rate
 from ..stageflow.config import build
 from ..stageflow.tools import LimitedToolRegistry
 from ..testing import SimpleAction
+from .listeners import SilentListener
 from .llm_tools import ANTHROPIC_ACTION, OPENAI_ACTION, AnthropicMessagesTool, OpenAIChatTool
 from .provider import ProviderLimits, ProviderSimulator
-from .strategies import _Quiet
 
 __all__ = [
     "LLM_TARGETS",
@@ -113,7 +113,7 @@ def _hand_made(registry: ToolRegistry, limits: ProviderLimits) -> LimitedToolReg
         Rate(limits.tpm, per=60, burst=limits.token_burst, dimension="tokens"),
     ], key="global")
     chain = ToolCallChain([rate, ConcurrencyLimiter(limits.max_concurrent)],
-                          listener=_Quiet(), provider_pause=False)
+                          listener=SilentListener(), provider_pause=False)
 
     def cost_of(tool: str, payload: Mapping[str, Any]) -> Mapping[str, float]:
         return estimate_tokens(payload)
@@ -143,7 +143,7 @@ async def run_scenario(sc: Scenario, *, seed: int = 0) -> dict[str, Any]:
                           else AnthropicMessagesTool(client))
         if sc.llm is not None:
             plus = build({"llm": dict(sc.llm)}, env={})
-            plus.chain.gate.limiter.listener = _Quiet()  # type: ignore[union-attr]
+            plus.chain.gate.limiter.listener = SilentListener()  # type: ignore[union-attr]
             limited: LimitedToolRegistry = plus.registry(registry)
         else:
             limited = _hand_made(registry, sc.limits)

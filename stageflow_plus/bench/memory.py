@@ -38,6 +38,7 @@ from ..interceptors import (
 )
 from ..primitives import Rate, Rejected
 from ..testing import run_virtual
+from .listeners import SilentListener
 
 __all__ = [
     "MemoryGrowth",
@@ -72,15 +73,6 @@ class MemoryGrowth:
     seconds: float
 
 
-class _Silent:
-    """Drops limiter events: the benchmark measures state, not log rendering."""
-
-    immediate_events = False
-
-    def on_queued(self, info: Any, depth: int) -> None: ...
-    def on_admitted(self, info: Any, wait: float) -> None: ...
-    def on_rejected(self, info: Any, error: Rejected) -> None: ...
-    def on_released(self, info: Any, held: float) -> None: ...
 
 
 def rss_mib() -> float:
@@ -107,7 +99,7 @@ def full_chain() -> ToolCallChain:
             ),
             ConcurrencyLimiter(16, per_run=2, per_tenant=4),
         ],
-        listener=_Silent(),
+        listener=SilentListener(),
     )
 
 

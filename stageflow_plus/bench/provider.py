@@ -53,6 +53,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .capacity import CapacityModel
 from .limits_model import ProviderLimits, StrictBucket, format_duration
 from .llm_api import (
     LlmRequest,
@@ -83,12 +84,16 @@ class ProviderSimulator:
     :param output_fraction: output tokens used, as a fraction of ``max_tokens``, when a
         request does not say (``x-simulator-output-tokens``).
     :param wall_clock: POSIX time for RFC 3339 resets (default ``time.time``).
+    :param model: a :class:`~stageflow_plus.bench.capacity.CapacityModel` that answers
+        ``/v1/call`` instead of the fixed limits (capacity over time, queueing, 429/503).
     """
 
     def __init__(
         self, limits: ProviderLimits, *, host: str = "127.0.0.1", port: int = 0, seed: int = 0,
         output_fraction: float = 1.0, wall_clock: Callable[[], float] = time.time,
+        model: CapacityModel | None = None,
     ) -> None:
+        self.model = model
         if not 0 <= output_fraction <= 1:
             raise ValueError(f"output_fraction must be in [0, 1], got {output_fraction!r}")
         self.limits = limits
@@ -149,6 +154,7 @@ class ProviderSimulator:
             "http_429_by_reason": dict(self.counters["http_429_by_reason"]),
             "in_flight": self.in_flight,
             "limits": asdict(self.limits),
+            **({"model": self.model.stats()} if self.model is not None else {}),
         }
 
     async def start(self) -> None:
@@ -295,6 +301,9 @@ class ProviderSimulator:
         except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
             self.counters["bad_requests"] += 1
             return web.json_response({"error": {"type": "invalid_request"}}, status=400)
+        if self.model is not None:  # capacity over time, queueing, 429/503 on overload
+            status, model_headers, answer = await self.model.serve(tokens)
+            return web.json_response(answer, status=status, headers=model_headers)
         now = asyncio.get_running_loop().time()
         self.counters["requests"] += 1
         if tokens > self.limits.token_burst:

@@ -296,6 +296,10 @@ def run_bench(
     result["quick"] = quick
     result["core"] = str(_accel.status())
     print(format_table(result))
+    from .adaptive import run_adaptive_bench  # the adaptive section: its own provider and runs
+
+    result["adaptive"] = run_adaptive_bench(quick=quick, plot_dir=plot_dir)
+    result["targets"].update(result["adaptive"].get("targets", {}))
     if json_path is not None:
         target = Path(json_path)
         target.parent.mkdir(parents=True, exist_ok=True)

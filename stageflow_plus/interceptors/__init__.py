@@ -4,11 +4,13 @@
 """
 
 from .. import _accel
+from .adaptive import AdaptiveConcurrency
 from .backpressure import Backpressure
 from .breaker import BreakerState, ToolCircuitBreaker, default_is_failure
 from .call import Proceed, ToolCall, ToolCallInterceptor
 from .chain import LIMITER_ORDER, ToolCallChain
 from .concurrency import ConcurrencyLimiter, Partition
+from .drops import default_is_drop
 from .gate import AdmissionGate, LimitPart
 from .learner import RateLimitHeaderLearner, default_headers_of
 from .limit import CallHandle, LimitedBlock
@@ -27,6 +29,7 @@ _accel.restore_docs()  # the compiled gate's docstrings
 
 __all__ = [
     "LIMITER_ORDER",
+    "AdaptiveConcurrency",
     "AdmissionGate",
     "Backpressure",
     "BreakerState",
@@ -57,6 +60,7 @@ __all__ = [
     "ToolCircuitBreaker",
     "UsageReconciler",
     "default_headers_of",
+    "default_is_drop",
     "default_is_failure",
     "default_retry_after",
     "limited",

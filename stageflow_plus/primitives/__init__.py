@@ -7,6 +7,7 @@ package decides which, before any of them is imported.
 """
 
 from .. import _accel  # first: chooses compiled or source modules
+from .adaptive import AdaptiveLimit, AdaptiveSettings, AdaptiveStatistics, LimitPolicy
 from .admission import AdmissionPolicy, Shedding
 from .clock import CallableClock, Clock, LoopClock, ManualClock, TimerHandle, as_clock
 from .errors import (
@@ -38,6 +39,9 @@ from .waiter import Demand, Waiter, WaiterState
 _accel.restore_docs()
 
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveSettings",
+    "AdaptiveStatistics",
     "AdmissionPolicy",
     "BucketStatistics",
     "CallableClock",
@@ -51,6 +55,7 @@ __all__ = [
     "Evicted",
     "FifoOrdering",
     "Lease",
+    "LimitPolicy",
     "Limiter",
     "LimiterClosed",
     "LimiterListener",

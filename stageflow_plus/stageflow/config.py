@@ -24,6 +24,8 @@ environment variables) with these sections, every key optional::
     [stageflow_plus.backend]           # url = "memory://" (default) or "redis://host:6379/0";
                                        #   prefix, ttl, on_unavailable, op_timeout, recheck_s,
                                        #   max_pause, cluster
+    [stageflow_plus.adaptive]          # AdaptiveConcurrency: partition, keys, min_limit, ...
+                                       #   (see stageflow_plus.stageflow.adaptive_config)
 
 Every value is checked by :mod:`~stageflow_plus.stageflow.config_schema` (types, ranges,
 ``nan``/``inf``, bools), every rate must say its period, and a rate's dimension that no cost
@@ -74,6 +76,12 @@ from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError
 from ..primitives.resources import Rate
 from .adapters import CallScopeInterceptor, LimitAwareCircuitBreaker, StageLimitInterceptor
+from .adaptive_config import (
+    ADAPTIVE_ENV_VARS,
+    ADAPTIVE_KEYS,
+    adaptive_from_config,
+    apply_adaptive_env,
+)
 from .config_schema import MOVED, check_sections, max_priority_of, normalize_rates
 from .dimensions import dimension_watch
 from .env import ENV_PREFIX, apply_env
@@ -125,6 +133,7 @@ SECTIONS: dict[str, frozenset[str]] = {
          "cluster"}
     ),
     "llm": LLM_KEYS,  # schema and steps: stageflow_plus.stageflow.llm_config
+    "adaptive": ADAPTIVE_KEYS,  # schema and step: stageflow_plus.stageflow.adaptive_config
 }
 """Every section and its keys (an empty set: free keys, or not a table)."""
 
@@ -191,11 +200,17 @@ def _load_unredacted(
     _check_keys(config)
     config = check_sections(config)
     applied = apply_env(config, environ, normalize_rates)
+    adaptive_env = [name for name in ADAPTIVE_ENV_VARS if environ.get(name, "") != ""]
+    apply_adaptive_env(config, environ)
+    applied += adaptive_env
     if applied:
         _check_keys(config)
         config = check_sections(config)
-    if "llm" in config:  # its own schema: checked here too, so a loaded config is a valid one
+    # sections with their own schema: checked here too, so a loaded config is a valid one
+    if "llm" in config:
         llm_steps(config["llm"], config, None)
+    if "adaptive" in config:
+        adaptive_from_config(config)
     return config, applied
 
 
@@ -355,6 +370,7 @@ def _build(
     if isinstance(backend, MemoryBackend):
         steps.extend(_memory_limits(cfg))
     else:
+        adaptive_from_config(cfg, memory_backend=False)  # refuses the section with Redis
         steps.extend(_global_limits(cfg, backend, clock))
     steps = with_llm_steps(cfg, steps, clock)  # [stageflow_plus.llm], if any
     chain = ToolCallChain(steps, clock=clock)
@@ -426,6 +442,7 @@ def _memory_limits(cfg: Mapping[str, Any]) -> list[Any]:
     # always a ConcurrencyLimiter (uncapped without a [concurrency] table), so a run's
     # ctx.data["_concurrency"] applies whatever the operator configured, as with Redis
     steps.append(_make("concurrency", ConcurrencyLimiter, cfg.get("concurrency", {})))
+    steps.extend(adaptive_from_config(cfg))
     return steps
 
 

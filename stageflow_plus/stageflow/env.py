@@ -53,6 +53,12 @@ ENV_VARS: dict[str, EnvVar] = {
     "STAGEFLOW_PLUS_TPM": EnvVar("tokens per minute (merged into [rate])", "rate.rates"),
     "STAGEFLOW_PLUS_MAX_PRIORITY": EnvVar("the run priority ceiling", "ceilings.max_priority"),
     "STAGEFLOW_PLUS_BACKEND": EnvVar("the backend URL (memory://, redis://…)", "backend.url"),
+    "STAGEFLOW_PLUS_ADAPTIVE": EnvVar("adaptive concurrency on a partition (tool, global, "
+                                      "tenant) or 0/off", "adaptive.partition"),
+    "STAGEFLOW_PLUS_ADAPTIVE_MIN_LIMIT": EnvVar("the adaptive limit's floor",
+                                                "adaptive.min_limit"),
+    "STAGEFLOW_PLUS_ADAPTIVE_MAX_LIMIT": EnvVar("the adaptive limit's ceiling",
+                                                "adaptive.max_limit"),
     PURE_ENV: EnvVar("=1 runs the pure-Python core instead of the compiled one"),
     "STAGEFLOW_PLUS_REQUIRE_COMPILED": EnvVar("=1 makes the install fail unless it compiles"),
     "STAGEFLOW_PLUS_VENV": EnvVar("the virtualenv scripts/test.sh and .ci/run use"),

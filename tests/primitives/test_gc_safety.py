@@ -45,6 +45,8 @@ from stageflow_plus.primitives import (
     TokenBucket,
     Waiter,
 )
+from stageflow_plus.primitives.adaptive import AdaptiveLimit
+from stageflow_plus.primitives.adaptive_settings import AdaptiveSettings
 from stageflow_plus.primitives.dispatch import Dispatcher
 from stageflow_plus.primitives.ordering import _Level, _Tenant
 from stageflow_plus.primitives.queueing import Queueing
@@ -170,6 +172,7 @@ def _instances() -> dict[type, Callable[[], Any]]:
             "search", {"q": "x"}, object(), "run-1", "acme", 2, {"tokens": 5.0}, 9.0,
             {"ctx": 1}, {"concurrency": 2},
         ),
+        AdaptiveLimit: lambda: AdaptiveLimit(AdaptiveSettings(), 8, 0.0),
     }
 
 
