@@ -97,7 +97,14 @@ class LimitedToolRegistry(ToolRegistry):
         call = make_call(action, ctx, self.cost_of, self._clock)
         return await self.chain.run(call, self._run_tool)
 
-    async def _run_tool(self, call: ToolCall) -> ToolOutput | None:
+    def _run_tool(self, call: ToolCall) -> Awaitable[ToolOutput | None]:
+        # the tool's own coroutine when nothing records completions (no wrapper frame)
+        scope = _current.get()
+        if scope is None or scope.completed is None:
+            return ToolRegistry.execute(self, call.action, call.context)
+        return self._run_recorded(call)
+
+    async def _run_recorded(self, call: ToolCall) -> ToolOutput | None:
         output = await ToolRegistry.execute(self, call.action, call.context)
         _record(call, output)
         return output
