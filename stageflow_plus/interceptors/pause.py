@@ -42,6 +42,10 @@ __all__ = ["DEFAULT_MAX_PAUSE", "PAUSE_KEYS", "PauseGate", "ProviderPause", "che
 logger = logging.getLogger("stageflow_plus")
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+_DATA_ONLY: set[type] = set()
+"""Result types (exactly these, not subclasses) whose provider answer can only be in their
+``data`` mapping: Stageflow's ``ToolOutput`` classes (``stageflow_plus.stageflow.tools``
+adds them). A success of one without a ``data`` mapping has nothing to read."""
 
 DEFAULT_MAX_PAUSE = 60.0
 """The default cap of a provider pause, in seconds."""
@@ -184,6 +188,8 @@ class ProviderPause(LimitPart):
         if type(result) in _PLAIN:
             return  # the common plain results: nothing to look at
         data = getattr(result, "data", None)
+        if data is None and type(result) in _DATA_ONLY:
+            return  # a Stageflow ToolOutput without data: no answer anywhere in it
         if type(data) is dict:  # a ToolOutput / StageOutput: a success says nothing here
             status = data.get("status")
             if type(status) is int and status < 400 and "retry_after" not in data and (
