@@ -57,7 +57,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     "stageflow_plus.primitives.dispatch",
     "stageflow_plus.primitives.queueing",
     "stageflow_plus.primitives.limiter",
+    "stageflow_plus.interceptors.call",
     "stageflow_plus.interceptors.gate",
+    "stageflow_plus.stageflow.scope",
+    "stageflow_plus.stageflow.calls",
 )
 """The modules the build compiles (the limiter's hot path)."""
 

@@ -247,11 +247,11 @@ def test_wrong_priority_or_tenant_types_fail_at_once_in_either_core() -> None:
     from stageflow_plus import ConfigError, ToolCall
 
     with pytest.raises(ConfigError, match="priority of tool 't' must be an int"):
-        ToolCall("t", priority=2.5)  # type: ignore[arg-type]
+        ToolCall("t", priority=2.5)
     with pytest.raises(ConfigError, match="priority of tool 't' must be an int"):
         ToolCall("t", priority=True)
     with pytest.raises(ConfigError, match="tenant of tool 't' must be a str"):
-        ToolCall("t", tenant=7)  # type: ignore[arg-type]
+        ToolCall("t", tenant=7)
     assert ToolCall("t", priority=3, tenant="a").priority == 3
 
 

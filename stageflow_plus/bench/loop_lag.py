@@ -39,7 +39,7 @@ from ..interceptors import (
     ToolCallChain,
 )
 
-__all__ = ["LagProbe", "run_loop_lag"]
+__all__ = ["LagProbe", "measure_loop_lag", "run_loop_lag"]
 
 Caller = Callable[[int], Coroutine[Any, Any, None]]
 
@@ -182,8 +182,19 @@ def _paired(samples: dict[str, list[dict[str, float]]], key: str) -> float:
                     for c, s in zip(samples["chain"], samples["semaphore"], strict=True)])
 
 
+async def measure_loop_lag(
+    *, waiters: int = 50_000, cap: int = 64, hold_s: float = 0.001, repeats: int = 3
+) -> dict[str, Any]:
+    """Run the benchmark in the running event loop; see the module docstring."""
+    if waiters < 1 or cap < 1 or repeats < 1 or not hold_s >= 0:
+        raise ValueError(f"loop lag needs waiters, cap, repeats >= 1 and hold_s >= 0, got "
+                         f"{waiters}, {cap}, {repeats}, {hold_s}")
+    return await _run(waiters, cap, hold_s, repeats)
+
+
 def run_loop_lag(
     *, waiters: int = 50_000, cap: int = 64, hold_s: float = 0.001, repeats: int = 3
 ) -> dict[str, Any]:
     """Run the benchmark in a fresh event loop; see the module docstring for the figures."""
-    return asyncio.run(_run(waiters, cap, hold_s, repeats))
+    return asyncio.run(measure_loop_lag(waiters=waiters, cap=cap, hold_s=hold_s,
+                                        repeats=repeats))

@@ -10,6 +10,7 @@ priority's longest wait from the ``overload`` workload; ``jain_fairness`` from t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["TARGETS", "evaluate_targets", "format_table", "headline"]
@@ -20,6 +21,7 @@ TARGETS = {
     "priority_isolation": "highest priority p99 wait <= 10% of lowest's (overload)",
     "aging_bound": "lowest priority's longest wait within PriorityFairQueue's bound",
     "fairness": "Jain >= 0.98 with 10:1 offered load",
+    "overhead": "overhead per call <= 2x the semaphore strategy's (same run, registry path)",
 }
 """What stageflow-plus aims at (measured and reported, never asserted by tests)."""
 
@@ -72,8 +74,20 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
             None if bound is None else row["max_wait_ms_lowest_priority"] <= bound,
         ),
         "fairness": (jain, None if jain is None else jain >= 0.98),
+        "overhead": _overhead_check(result),
     }
     return {k: {"target": TARGETS[k], "measured": v, "met": ok} for k, (v, ok) in checks.items()}
+
+
+def _overhead_check(result: dict[str, Any]) -> tuple[Any, bool | None]:
+    """stageflow-plus's overhead per call against the semaphore strategy's (same run)."""
+    overhead = result.get("overhead_us_by_strategy", {})
+    ours, base = overhead.get(PLUS), overhead.get("semaphore")
+    if ours is None or base is None:
+        return None, None
+    ratio = ours / base if base > 0 else math.inf
+    return ({"us_per_call": ours, "semaphore_us_per_call": base, "ratio": round(ratio, 2)},
+            ratio <= 2.0)
 
 
 def _fmt(value: Any, spec: str = "") -> str:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -179,30 +181,63 @@ class _NoopTool(BaseTool):
         return ToolOutput(success=True, data={"status": 200, "sent_at": now, "answered_at": now})
 
 
-async def measure_overhead(workload: Workload, *, calls: int = 3000) -> dict[str, float]:
+async def measure_overhead(
+    workload: Workload, *, calls: int = 3000, repeats: int = 7,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """Per-call cost (µs) each strategy adds around an instant tool, never blocking.
 
-    Limits are set far above the load so only the bookkeeping is measured; the ``none``
-    strategy (a bare ``ToolRegistry.execute``) is the baseline subtracted from the others.
+    Limits are set far above the load so only the bookkeeping is measured. Every strategy
+    runs ``calls`` calls per repeat, the strategies interleaved within a repeat in an order
+    that alternates, with the cyclic GC off while timing; a strategy's overhead is the
+    median over repeats of its time minus the ``none`` strategy's (a bare
+    ``ToolRegistry.execute``) *in the same repeat*, so load that comes and goes on a shared
+    machine shifts both sides of each difference alike.
+
+    :param detail: if given, filled with ``us_per_call`` (median per strategy), ``repeats``,
+        ``calls`` and ``overhead_spread_us`` (min and max of the per-repeat differences).
     """
     huge = ProviderLimits(rpm=1e12, tpm=1e15, max_concurrent=1_000_000, latency_ms=1.0)
     specs = workload.calls[: min(len(workload.calls), 200)] or (CallSpec(0, 0, 0, 1, "t", 0),)
-    costs: dict[str, float] = {}
+    strategies: dict[str, Strategy] = {}
     for name, factory in STRATEGIES.items():
         strategy = factory(huge, workload)
         registry = ToolRegistry()
         registry.register(_NoopTool())
         strategy.bind(registry)
-        best = math.inf
-        for _ in range(3):
+        strategies[name] = strategy
+
+    async def run(strategy: Strategy, n: int) -> float:
+        gc.collect()
+        gc.disable()
+        try:
             t0 = time.perf_counter()
-            for i in range(calls):
+            for i in range(n):
                 spec = specs[i % len(specs)]
                 await strategy.call(spec, CallRecord(spec, made=0.0))
-            best = min(best, (time.perf_counter() - t0) / calls)
-        costs[name] = best * 1e6
-    base = costs.get("none", 0.0)
-    return {name: round(max(0.0, cost - base), 2) for name, cost in costs.items()}
+            return (time.perf_counter() - t0) / n * 1e6
+        finally:
+            gc.enable()
+
+    for strategy in strategies.values():  # warm-up: buckets, pools, caches
+        await run(strategy, min(calls, 200))
+    samples: dict[str, list[float]] = {name: [] for name in strategies}
+    order = list(strategies)
+    for _ in range(max(1, repeats)):
+        for name in order:
+            samples[name].append(await run(strategies[name], calls))
+        order.reverse()
+    base = samples["none"]
+    diffs = {name: [v - b for v, b in zip(values, base, strict=True)]
+             for name, values in samples.items()}
+    if detail is not None:
+        detail.update({
+            "calls": calls, "repeats": max(1, repeats),
+            "us_per_call": {k: round(statistics.median(v), 2) for k, v in samples.items()},
+            "overhead_spread_us": {k: [round(min(v), 2), round(max(v), 2)]
+                                   for k, v in diffs.items()},
+        })
+    return {name: round(max(0.0, statistics.median(d)), 2) for name, d in diffs.items()}
 
 
 def _workloads(quick: bool, limits: ProviderLimits) -> list[Workload]:
@@ -244,10 +279,12 @@ async def _bench(
         result["workloads"][workload.name] = entry
     bar.label = "overhead"
     bar.draw()
+    detail: dict[str, Any] = {}
     overhead = await measure_overhead(workloads[0], calls=500 if len(workloads[0].calls) < 300
-                                      else 3000)
+                                      else 3000, detail=detail)
     bar.close()
     result["overhead_us_by_strategy"] = overhead
+    result["overhead_detail"] = detail
     result["overhead_us_per_call"] = overhead.get(StageflowPlusStrategy.name)
     result["strategies"] = headline(result)
     result["targets"] = evaluate_targets(result)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
@@ -77,7 +77,25 @@ def _refuse_cost_entry(name: Any, value: Any, where: str, context: str) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+def _check_fields(tool: Any, priority: Any, tenant: Any, run_id: Any) -> None:
+    """The slow path of ``ToolCall`` checks: subclasses of str/int pass, the rest fails."""
+    if not isinstance(tool, str):
+        _refuse(tool, "tool", "a str", tool)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        _refuse(tool, "priority", "an int", priority)
+    if not -MAX_PRIORITY_MAGNITUDE <= priority <= MAX_PRIORITY_MAGNITUDE:
+        _refuse(tool, "priority", f"an int within ±{MAX_PRIORITY_MAGNITUDE}", priority)
+    if not isinstance(tenant, str):
+        _refuse(tool, "tenant", "a str", tenant)
+    if run_id is not None and not isinstance(run_id, str):
+        _refuse(tool, "run_id", "a str or None", run_id)
+
+
+def _refuse(tool: Any, name: str, expected: str, value: Any) -> NoReturn:
+    raise ConfigError(f"ToolCall.{name} of tool {tool!r} must be {expected}, got {_show(value)}")
+
+
+@dataclass(frozen=True, slots=True, eq=False, init=False)
 class ToolCall:
     """One tool call, as the limiters see it.
 
@@ -94,67 +112,75 @@ class ToolCall:
         capacity is free (``-inf``: always refused; ``inf``: the same as ``None``).
     :ivar context: the caller's context object, passed through to the tool untouched.
     :ivar limits: per-run limit overrides already validated against the operator's ceilings.
-    :ivar call_id: unique per process, for logs and events.
+    :ivar call_id: unique per process, for logs and events (given only by
+        ``dataclasses.replace``, which keeps it).
 
     Every field is checked at construction: a wrong value raises
     :class:`~stageflow_plus.primitives.errors.ConfigError` naming the field, the tool and
     the value (``tool`` and ``tenant`` are ``str``; ``run_id`` a ``str`` or ``None``;
     ``priority`` an ``int`` within ±2**31; every ``cost`` a finite number >= 0; ``deadline``
-    a number or ``None``, not NaN).
+    a number or ``None``, not NaN). A call is frozen: assigning a field raises
+    ``dataclasses.FrozenInstanceError``.
     """
 
+    # (no defaults here: __init__ below is the constructor, written out because the one
+    # dataclass generates sets each field through object.__setattr__ and calls factories;
+    # this one costs a few type checks, and is compiled in the accelerated build)
     tool: str
-    payload: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-    action: Any = None
-    run_id: str | None = None
-    tenant: str = "default"
-    priority: int = 0
-    cost: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
-    deadline: float | None = None
-    context: Any = None
-    limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-    call_id: int = field(default_factory=_ids.__next__)
+    payload: Mapping[str, Any]
+    action: Any
+    run_id: str | None
+    tenant: str
+    priority: int
+    cost: Mapping[str, float]
+    deadline: float | None
+    context: Any
+    limits: Mapping[str, Any]
+    call_id: int
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        tool: Any,
+        payload: Any = _EMPTY,
+        action: Any = None,
+        run_id: Any = None,
+        tenant: Any = "default",
+        priority: Any = 0,
+        cost: Any = _EMPTY,
+        deadline: Any = None,
+        context: Any = None,
+        limits: Any = _EMPTY,
+        call_id: Any = None,
+    ) -> None:
         # Checked here, at once, for every call: a wrong value would otherwise be refused
         # only when the call has to queue (i.e. only under load), or not at all (a NaN cost
         # neither fits nor fails, so its bucket's timer would re-arm for "now" forever).
         # The common case costs a few type checks; the messages are built only on failure.
-        priority = self.priority
         if (
-            type(self.tool) is not str
+            type(tool) is not str
             or type(priority) is not int
-            or type(self.tenant) is not str
+            or type(tenant) is not str
             or not -MAX_PRIORITY_MAGNITUDE <= priority <= MAX_PRIORITY_MAGNITUDE
-            or (self.run_id is not None and type(self.run_id) is not str)
+            or (run_id is not None and type(run_id) is not str)
         ):
-            self._check_fields()
-        if self.cost is not _EMPTY:
-            check_cost(self.cost, "ToolCall.cost", f" of tool {self.tool!r}")
-        deadline = self.deadline
+            _check_fields(tool, priority, tenant, run_id)
+        if cost is not _EMPTY:
+            check_cost(cost, "ToolCall.cost", f" of tool {tool!r}")
         if deadline is not None and (
             (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
         ):
-            self._refuse("deadline", "a number or None (not NaN)", deadline)
-
-    def _check_fields(self) -> None:
-        """The slow path of ``__post_init__``: subclasses of str/int pass, the rest fails."""
-        if not isinstance(self.tool, str):
-            self._refuse("tool", "a str", self.tool)
-        priority = self.priority
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            self._refuse("priority", "an int", priority)
-        if not -MAX_PRIORITY_MAGNITUDE <= priority <= MAX_PRIORITY_MAGNITUDE:
-            self._refuse("priority", f"an int within ±{MAX_PRIORITY_MAGNITUDE}", priority)
-        if not isinstance(self.tenant, str):
-            self._refuse("tenant", "a str", self.tenant)
-        if self.run_id is not None and not isinstance(self.run_id, str):
-            self._refuse("run_id", "a str or None", self.run_id)
-
-    def _refuse(self, name: str, expected: str, value: Any) -> NoReturn:
-        raise ConfigError(
-            f"ToolCall.{name} of tool {self.tool!r} must be {expected}, got {_show(value)}"
-        )
+            _refuse(tool, "deadline", "a number or None (not NaN)", deadline)
+        object.__setattr__(self, "tool", tool)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "run_id", run_id)
+        object.__setattr__(self, "tenant", tenant)
+        object.__setattr__(self, "priority", priority)
+        object.__setattr__(self, "cost", cost)
+        object.__setattr__(self, "deadline", deadline)
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "limits", limits)
+        object.__setattr__(self, "call_id", next(_ids) if call_id is None else call_id)
 
     def log_fields(self) -> dict[str, Any]:
         """The fields events and logs carry for this call."""

@@ -172,6 +172,22 @@ class ConcurrencyLimiter(LimitPart):
         )
         self._keyed_after_run = self._groups[run_index + 1 :]
 
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """The global permit alone, when no other partition caps a call without per-run
+        limits (no per-tool, per-tenant, per-run or custom partition)."""
+        run = self._run.partition
+        if (
+            type(self).add_demands is not ConcurrencyLimiter.add_demands
+            or self._keyed_before_run
+            or self._keyed_after_run
+            or run.limit is not None
+            or run.overrides
+        ):
+            return None
+        if self._global_demand is None:
+            return ()
+        return ((self._global_demand[0], None),)
+
     @property
     def partitions(self) -> tuple[Partition, ...]:
         return tuple(g.partition for g in self._groups)
@@ -242,6 +258,7 @@ class ConcurrencyLimiter(LimitPart):
                 cap = new.limit_for(group_key)
                 if cap is not None:
                     pool.capacity = cap
+            self.demands_changed()  # e.g. a per-run cap where there was none
             if self._gate is not None:
                 self._gate.limiter.dispatch()
             return

@@ -64,11 +64,12 @@ class AdmissionGate:
     __slots__ = (
         "_demanders",
         "_fair_cost",
+        "_fixed",
         "_honoured",
         "_now",
         "_observers",
         "_run_waiting",
-        "_take",
+        "_templates",
         "admission",
         "limiter",
         "ordering",
@@ -104,11 +105,55 @@ class AdmissionGate:
             listener=listener,
         )
         self._now = self.limiter.clock.now
-        self._take = self.limiter.take
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
-        self._observers = tuple(p for p in self.parts if p.observes_results)
+        # (per instance: a rate limiter with nothing to read in results observes none)
+        self._observers = tuple(p for p in self.parts if p.observes_results and p.wants_results())
         self._honoured = frozenset({"max_queue"}).union(*(p.honours_limits for p in self.parts))
         self._run_waiting: dict[str, int] = {}
+        # the demands of calls without per-run limits, per demander: its template, or None
+        # where the part is asked per call; _fixed: every demand, when they are all plain
+        # (amount 1 each, no part asked): then a call's demands are this very tuple
+        self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
+        self._fixed: tuple[tuple[Resource, float], ...] | None = None
+        self.refresh_templates()
+
+    def refresh_templates(self) -> None:
+        """Ask every part for its :meth:`~LimitPart.demand_template` again (a part calls
+        this through :meth:`~LimitPart.demands_changed` when its template changed)."""
+        self._templates = tuple(p.demand_template() for p in self._demanders)
+        fixed: list[tuple[Resource, float]] = []
+        for template in self._templates:
+            if template is None:
+                self._fixed = None
+                return
+            for resource, dimension in template:
+                if dimension is not None:
+                    self._fixed = None
+                    return
+                fixed.append((resource, 1.0))
+        self._fixed = tuple(fixed)
+
+    def _demands(self, call: ToolCall, now: float) -> list[tuple[Resource, float]]:
+        """``call``'s demands, in part order: templates where a part has one (and the call
+        carries no per-run limits), else the part's own ``add_demands``."""
+        demands: list[tuple[Resource, float]] = []
+        if call.limits:
+            for part in self._demanders:
+                part.add_demands(call, now, demands)
+            return demands
+        cost = call.cost
+        templates = self._templates
+        for index, part in enumerate(self._demanders):
+            template = templates[index]
+            if template is None:
+                part.add_demands(call, now, demands)
+                continue
+            for resource, dimension in template:
+                if dimension is None:
+                    demands.append((resource, 1.0))
+                else:
+                    demands.append((resource, float(cost.get(dimension, 0.0))))
+        return demands
 
     def set_fair_cost(self, fair_cost: Callable[[ToolCall], float]) -> None:
         """How much of its tenant's share a call uses (set by the queue interceptor)."""
@@ -116,11 +161,7 @@ class AdmissionGate:
 
     def demands_of(self, call: ToolCall) -> list[tuple[Resource, float]]:
         """The ``(resource, amount)`` pairs ``call`` needs right now."""
-        now = self.limiter.clock.now()
-        demands: list[tuple[Resource, float]] = []
-        for part in self._demanders:
-            part.add_demands(call, now, demands)
-        return demands
+        return self._demands(call, self.limiter.clock.now())
 
     def check_limits(self, call: ToolCall) -> None:
         """Refuse (``ConfigError``) a call whose per-run limits no step here enforces."""
@@ -144,7 +185,7 @@ class AdmissionGate:
         return lease if lease is not None else await self._wait(call, demands)
 
     def _wait(
-        self, call: ToolCall, demands: list[tuple[Resource, float]]
+        self, call: ToolCall, demands: Sequence[tuple[Resource, float]]
     ) -> Coroutine[Any, Any, Lease]:
         # not a coroutine itself: a queued call then holds no extra frame
         fair_cost = self._fair_cost(call) if self._fair_cost is not None else 1.0
@@ -162,7 +203,11 @@ class AdmissionGate:
         )
 
     async def _acquire_bounded_by_run(
-        self, call: ToolCall, demands: list[tuple[Resource, float]], fair_cost: float, bound: int
+        self,
+        call: ToolCall,
+        demands: Sequence[tuple[Resource, float]],
+        fair_cost: float,
+        bound: int,
     ) -> Lease:
         run = str(call.run_id)
         # a call admitted at once never suspends, so the count only holds calls that wait
@@ -199,13 +244,18 @@ class AdmissionGate:
     async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
         # the hot path, flattened: one clock read, demands built once, and no coroutine
         # beyond this one when the call is admitted at once
-        self.check_limits(call)  # a per-run limit nobody enforces is never silently ignored
+        if call.limits:  # a per-run limit nobody enforces is never silently ignored
+            self.check_limits(call)
         now = self._now()
-        demands: list[tuple[Resource, float]] = []
-        for part in self._demanders:
-            part.add_demands(call, now, demands)
+        fixed = self._fixed
+        demands: Sequence[tuple[Resource, float]] = (
+            fixed if fixed is not None and not call.limits else self._demands(call, now)
+        )
         deadline = call.deadline
-        lease = self._take(demands, now, call) if deadline is None or deadline >= now else None
+        lease = (
+            self.limiter.take(demands, now, call) if deadline is None or deadline >= now
+            else None
+        )
         if lease is None:  # (a passed deadline: refused by the queue, never admitted)
             if call.limits and call.run_id is not None and "max_queue" in call.limits:
                 lease = await self._wait(call, demands)

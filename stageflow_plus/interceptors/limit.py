@@ -134,7 +134,9 @@ class CallHandle:
 
 def _observers(chain: ToolCallChain) -> tuple[Any, ...]:
     gate = chain.gate
-    return tuple(p for p in gate.parts if p.observes_results) if gate is not None else ()
+    if gate is None:
+        return ()
+    return tuple(p for p in gate.parts if p.observes_results and p.wants_results())
 
 
 def _finish(chain: ToolCallChain, handle: CallHandle, error: BaseException | None) -> None:

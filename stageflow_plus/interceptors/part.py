@@ -70,6 +70,35 @@ class LimitPart:
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         """Append this interceptor's ``(resource, amount)`` needs for ``call``."""
 
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """This interceptor's demands as they are for *every* call without per-run limits
+        (``call.limits`` empty), or ``None`` (the default) when they depend on the call.
+
+        Each entry is ``(resource, dimension)``: the amount is 1 for ``None``, else
+        ``call.cost.get(dimension, 0.0)``. The gate then builds the demands itself instead of
+        calling :meth:`add_demands` (no Python call per call on the hot path). A part whose
+        template changes (a pause starts, a bucket is re-created) calls
+        :meth:`demands_changed`. A subclass overriding :meth:`add_demands` must override
+        this too (or leave it returning ``None``).
+
+        .. versionadded:: 0.2.0
+        """
+        return None
+
+    def wants_results(self) -> bool:
+        """Whether the gate calls :meth:`after_result` / :meth:`after_error` of this
+        instance (default: the class's ``observes_results``); read once, when the gate is
+        built.
+
+        .. versionadded:: 0.2.0
+        """
+        return self.observes_results
+
+    def demands_changed(self) -> None:
+        """Tell the gate this interceptor's :meth:`demand_template` may have changed."""
+        if self._gate is not None:
+            self._gate.refresh_templates()
+
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         """Called after the tool returned, before the lease is released."""
 

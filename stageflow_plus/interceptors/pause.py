@@ -42,6 +42,10 @@ __all__ = ["DEFAULT_MAX_PAUSE", "PAUSE_KEYS", "PauseGate", "ProviderPause", "che
 logger = logging.getLogger("stageflow_plus")
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+_DATA_ONLY: set[type] = set()
+"""Result types (exactly these, not subclasses) whose provider answer can only be in their
+``data`` mapping: Stageflow's ``ToolOutput`` classes (``stageflow_plus.stageflow.tools``
+adds them). A success of one without a ``data`` mapping has nothing to read."""
 
 DEFAULT_MAX_PAUSE = 60.0
 """The default cap of a provider pause, in seconds."""
@@ -166,6 +170,12 @@ class ProviderPause(LimitPart):
         return self._key(call)
 
     # the gate's hooks -------------------------------------------------------------------
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """Nothing while no key is paused (the gate then asks nothing per call)."""
+        if type(self).add_demands is not ProviderPause.add_demands or self._paused:
+            return None
+        return ()
+
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         if self._paused:  # the whole cost when nothing is paused: this truth test
             if now >= self._next_expiry:
@@ -178,6 +188,8 @@ class ProviderPause(LimitPart):
         if type(result) in _PLAIN:
             return  # the common plain results: nothing to look at
         data = getattr(result, "data", None)
+        if data is None and type(result) in _DATA_ONLY:
+            return  # a Stageflow ToolOutput without data: no answer anywhere in it
         if type(data) is dict:  # a ToolOutput / StageOutput: a success says nothing here
             status = data.get("status")
             if type(status) is int and status < 400 and "retry_after" not in data and (
@@ -236,6 +248,8 @@ class ProviderPause(LimitPart):
             gate = None
         if gate is None:
             gate = self._paused[key] = PauseGate(f"pause:{key}", until)
+            if len(self._paused) == 1:
+                self.demands_changed()  # from now on every call is asked about its key
         elif until <= gate.until:
             return  # a shorter or equal pause changes nothing
         else:
@@ -274,6 +288,8 @@ class ProviderPause(LimitPart):
             else:
                 expiry = min(expiry, gate.until if gate.until > now else now + 1.0)
         self._next_expiry = expiry
+        if not self._paused:
+            self.demands_changed()  # no pause left: calls are no longer asked
 
     def paused(self) -> dict[str, float]:
         """Seconds left per paused key (keys whose pause is over are left out)."""

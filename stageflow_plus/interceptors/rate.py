@@ -164,7 +164,27 @@ class TokenBucketRateLimiter(LimitPart):
                 self._new_bucket(f"rate:{key}:{r.dimension}:{r.limit:g}/{r.per:g}s", r, now)
                 for r in rates
             )
+            self.demands_changed()  # a bucket made (or an idle one swept): a new template
         return buckets
+
+    def wants_results(self) -> bool:
+        """Only with ``actual_cost`` or ``retry_after``: otherwise results say nothing here."""
+        return self._actual_cost is not None or self._retry_after is not None
+
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """The global key's buckets once they exist (``key="global"``): one per rate,
+        ``requests`` costing 1 and every other dimension the call's estimate."""
+        if type(self).add_demands is not TokenBucketRateLimiter.add_demands or (
+            self._key is not KEYS["global"]
+        ):
+            return None
+        buckets = self._buckets.get("*")
+        if buckets is None:
+            return None  # made by the first call (its time is the bucket's start)
+        return tuple(
+            (bucket, None if bucket.dimension == "requests" else bucket.dimension)
+            for bucket in buckets
+        )
 
     def _new_bucket(self, name: str, rate: Rate, now: float) -> TokenBucket:
         bucket = TokenBucket(name, rate, now)
@@ -250,6 +270,7 @@ class TokenBucketRateLimiter(LimitPart):
                     bucket.set_rate(rate, now)
             elif not any(b.queued for b in old):
                 del self._buckets[target]
+                self.demands_changed()
             else:
                 raise ConfigError(
                     f"cannot change the dimensions of key {target!r} while calls wait on it"

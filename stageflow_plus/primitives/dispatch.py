@@ -18,6 +18,7 @@ waiter could be granted (every one needs a resource that is used up or reserved)
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 from collections.abc import Callable, Sequence
@@ -34,6 +35,10 @@ __all__ = ["Dispatcher"]
 
 GRANTED = WaiterState.GRANTED
 LEFT = WaiterState.LEFT
+
+SWEEP_BATCH = 256
+"""Cancelled waiters one queue pass takes out before it defers the rest of its work to a
+later event-loop iteration (see :meth:`Dispatcher._defer_pass`)."""
 
 
 class Dispatcher:
@@ -55,6 +60,7 @@ class Dispatcher:
         "_ordering",
         "_record_wait",
         "_rejected",
+        "_sweep_pending",
         "_timer",
         "_timer_at",
         "_waiting",
@@ -69,6 +75,7 @@ class Dispatcher:
     _timer: TimerHandle | None
     _timer_at: float
     _dispatching: bool
+    _sweep_pending: bool
     _waiting: int
     _in_flight: int
     _admitted: int
@@ -175,6 +182,7 @@ class Dispatcher:
         held back only by a reservation while grants changed the fair-share order)."""
         now = self._now()
         granted = held_back = False
+        dead = 0
         if self._deadlines and self._deadlines[0][0] <= now:
             self._expire(now)
         ordering = self._ordering
@@ -189,6 +197,9 @@ class Dispatcher:
                 if popped is None:
                     popped = []
                 popped.append(waiter)  # dead: taken out after the pass
+                dead += 1
+                if dead >= SWEEP_BATCH and self._defer_pass():
+                    break  # a mass cancellation: the rest in a later loop iteration
                 continue
             grantable = True
             for resource, amount in waiter.demands:
@@ -229,6 +240,25 @@ class Dispatcher:
         if wake_at != math.inf or self._deadlines:
             self._schedule(wake_at)
         return granted and held_back and self._waiting > 0
+
+    def _defer_pass(self) -> bool:
+        """Continue the queue pass in a later event-loop iteration (``False``: no running
+        loop, go on now). Sweeping tens of thousands of cancelled waiters in one pass would
+        stall the loop; meanwhile a cancelled caller's :meth:`abandon` leaves the queue
+        without a pass of its own (the pending one covers it)."""
+        if self._sweep_pending:
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._sweep_pending = True
+        loop.call_soon(self._deferred_pass)
+        return True
+
+    def _deferred_pass(self) -> None:
+        self._sweep_pending = False
+        self._dispatch()
 
     @staticmethod
     def _exhausted_for_all(granted: Waiter, waiting: int, now: float) -> Resource | None:

@@ -83,6 +83,7 @@ class Limiter(Queueing):
         self._timer = None
         self._timer_at = math.inf  # due time of _timer; inf when no timer
         self._dispatching = False
+        self._sweep_pending = False
         self._closed = False
         self._in_flight = 0  # invariant: granted leases not yet released
         self._waiting = 0  # invariant: == len(self._ordering), read on the hot path
@@ -248,7 +249,8 @@ class Limiter(Queueing):
         elif waiter.state is WAITING:
             self._leave(waiter, None)
             self._cancelled += 1
-            self._dispatch()
+            if not self._sweep_pending:  # (else a deferred pass is on its way: it covers us)
+                self._dispatch()
         elif waiter.future.done() and not waiter.future.cancelled():
             waiter.future.exception()  # refused, then cancelled: mark the error retrieved
 

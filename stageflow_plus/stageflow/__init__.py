@@ -3,6 +3,7 @@
 .. versionadded:: 0.1.0
 """
 
+from .. import _accel
 from ..interceptors.dimensions import UnchargedDimensionWatch
 from ..primitives.dimensions import KNOWN_DIMENSIONS, register_dimension
 from .adapters import (
@@ -44,6 +45,8 @@ from .tools import (
     LimitedToolRegistry,
     build_call,
 )
+
+_accel.restore_docs()  # the compiled CallScope's and build_call's docstrings
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 from typing import Any
 
+from ..interceptors.call import _EMPTY
 from ..primitives.errors import ConfigError
 
-__all__ = ["CallScope", "call_scope", "current_scope"]
-
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+__all__ = ["CallScope", "ScopeBlock", "call_scope", "current_scope"]
 
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class CallScope:
     """What the current stage knows about the calls it will make.
 
@@ -43,41 +41,81 @@ class CallScope:
     :ivar cost: default cost estimate of each call (the registry's estimator wins per key).
     :ivar completed: where the tool wrappers record ``(tool, result)`` of each call that
         completed, so a stage that times out still has its partial results (``None``: off).
+
+    Every field is checked at construction (:class:`ConfigError` naming it); a scope is
+    frozen.
     """
 
-    run_id: str | None = None
-    tenant: str | None = None
-    priority: int | None = None
-    deadline: float | None = None
-    limits: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-    stage: str | None = None
-    max_wait: float | None = None
-    cost: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
-    completed: list[tuple[str, Any]] | None = None
+    # (no defaults here: __init__ below is the constructor, written out so that the common
+    # case costs a few type checks; compiled in the accelerated build)
+    run_id: str | None
+    tenant: str | None
+    priority: int | None
+    deadline: float | None
+    limits: Mapping[str, Any]
+    stage: str | None
+    max_wait: float | None
+    cost: Mapping[str, float]
+    completed: list[tuple[str, Any]] | None
 
-    def __post_init__(self) -> None:
-        for name in ("run_id", "tenant", "stage"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"CallScope.{name} must be a non-empty str or None, "
-                                  f"got {value!r}")
-        if self.priority is not None and (
-            isinstance(self.priority, bool) or not isinstance(self.priority, int)
+    def __init__(
+        self,
+        run_id: Any = None,
+        tenant: Any = None,
+        priority: Any = None,
+        deadline: Any = None,
+        limits: Any = _EMPTY,
+        stage: Any = None,
+        max_wait: Any = None,
+        cost: Any = _EMPTY,
+        completed: Any = None,
+    ) -> None:
+        if not (
+            (run_id is None or (type(run_id) is str and run_id))
+            and (tenant is None or (type(tenant) is str and tenant))
+            and (stage is None or (type(stage) is str and stage))
+            and (priority is None or type(priority) is int)
+            and (deadline is None or (type(deadline) is float and deadline == deadline)
+                 or type(deadline) is int)
+            and (max_wait is None or (type(max_wait) in (int, float)
+                                      and 0 < max_wait < math.inf))
+            and (limits is _EMPTY or type(limits) is dict)
+            and (cost is _EMPTY or type(cost) is dict)
         ):
-            raise ConfigError(f"CallScope.priority must be an int or None, got {self.priority!r}")
-        for name in ("deadline", "max_wait"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-                or math.isnan(value) or (name == "max_wait" and not 0 < value < math.inf)
-            ):
-                raise ConfigError(f"CallScope.{name} must be a number"
-                                  f"{' > 0, finite' if name == 'max_wait' else ''} or None, "
-                                  f"got {value!r}")
-        for name in ("limits", "cost"):
-            if not isinstance(getattr(self, name), Mapping):
-                raise ConfigError(f"CallScope.{name} must be a mapping, "
-                                  f"got {getattr(self, name)!r}")
+            _check_scope(run_id, tenant, priority, deadline, limits, stage, max_wait, cost)
+        object.__setattr__(self, "run_id", run_id)
+        object.__setattr__(self, "tenant", tenant)
+        object.__setattr__(self, "priority", priority)
+        object.__setattr__(self, "deadline", deadline)
+        object.__setattr__(self, "limits", limits)
+        object.__setattr__(self, "stage", stage)
+        object.__setattr__(self, "max_wait", max_wait)
+        object.__setattr__(self, "cost", cost)
+        object.__setattr__(self, "completed", completed)
+
+
+def _check_scope(
+    run_id: Any, tenant: Any, priority: Any, deadline: Any, limits: Any, stage: Any,
+    max_wait: Any, cost: Any,
+) -> None:
+    """The slow path of ``CallScope``'s checks: subclasses pass, the rest fails."""
+    for name, value in (("run_id", run_id), ("tenant", tenant), ("stage", stage)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"CallScope.{name} must be a non-empty str or None, "
+                              f"got {value!r}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise ConfigError(f"CallScope.priority must be an int or None, got {priority!r}")
+    for name, value in (("deadline", deadline), ("max_wait", max_wait)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+            or math.isnan(value) or (name == "max_wait" and not 0 < value < math.inf)
+        ):
+            raise ConfigError(f"CallScope.{name} must be a number"
+                              f"{' > 0, finite' if name == 'max_wait' else ''} or None, "
+                              f"got {value!r}")
+    for name, value in (("limits", limits), ("cost", cost)):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"CallScope.{name} must be a mapping, got {value!r}")
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(CallScope))
@@ -90,8 +128,29 @@ def current_scope() -> CallScope | None:
     return _current.get()
 
 
-@contextmanager
-def call_scope(scope: CallScope | None = None, **fields: Any) -> Iterator[CallScope]:
+class ScopeBlock:
+    """The context manager :func:`call_scope` returns: sets its scope on entry (``as``
+    gives it), puts the previous one back on exit. Enter it once."""
+
+    __slots__ = ("_token", "scope")
+
+    def __init__(self, scope: CallScope) -> None:
+        self.scope = scope
+        self._token: Token[CallScope | None] | None = None
+
+    def __enter__(self) -> CallScope:
+        if self._token is not None:
+            raise RuntimeError("a call_scope() block can be entered only once")
+        self._token = _current.set(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc: object) -> None:
+        token = self._token
+        if token is not None:
+            _current.reset(token)
+
+
+def call_scope(scope: CallScope | None = None, **fields: Any) -> ScopeBlock:
     """Set a :class:`CallScope` for the block; the previous one is back after it.
 
     * ``call_scope(**fields)`` merges: the fields given replace those of the scope already
@@ -100,21 +159,33 @@ def call_scope(scope: CallScope | None = None, **fields: Any) -> Iterator[CallSc
     * ``call_scope(scope)`` replaces the current scope with ``scope`` as it is (with
       ``fields``, they are applied over ``scope``).
 
-    :raises ConfigError: an unknown field or a value of the wrong type.
+    :raises ConfigError: an unknown field or a value of the wrong type (when called).
     """
-    unknown = sorted(set(fields) - _FIELDS)
-    if unknown:
+    if not _FIELDS.issuperset(fields):
+        unknown = sorted(set(fields) - _FIELDS)
         raise ConfigError(f"call_scope: unknown field {unknown[0]!r} "
                           f"(known: {', '.join(sorted(_FIELDS))})")
     if scope is not None and not isinstance(scope, CallScope):
         raise ConfigError(f"call_scope: scope must be a CallScope, got {scope!r}")
     base = scope if scope is not None else _current.get()
-    value = dataclasses.replace(base, **fields) if base is not None else CallScope(**fields)
-    token = _current.set(value)
-    try:
-        yield value
-    finally:
-        _current.reset(token)
+    if not fields and base is not None:
+        return ScopeBlock(base)
+    if base is None:
+        base = _NO_SCOPE
+    return ScopeBlock(CallScope(
+        fields.get("run_id", base.run_id),
+        fields.get("tenant", base.tenant),
+        fields.get("priority", base.priority),
+        fields.get("deadline", base.deadline),
+        fields.get("limits", base.limits),
+        fields.get("stage", base.stage),
+        fields.get("max_wait", base.max_wait),
+        fields.get("cost", base.cost),
+        fields.get("completed", base.completed),
+    ))
+
+
+_NO_SCOPE = CallScope()
 
 
 def _set(scope: CallScope | None) -> object:

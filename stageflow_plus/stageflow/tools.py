@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stageflow.tools import AdvancedToolExecutor, ToolExecutor, ToolRegistry
@@ -28,11 +28,13 @@ from stageflow.tools.base import ToolOutput
 from stageflow.tools.definitions import ToolOutput as AdvancedToolOutput
 from stageflow.tools.executor import ToolExecutorResult
 
-from ..interceptors.call import ToolCall, check_cost
+from ..interceptors.call import ToolCall
 from ..interceptors.chain import ToolCallChain
+from ..interceptors.pause import _DATA_ONLY
 from ..primitives.errors import ConfigError
+from .calls import CostEstimator, build_call, make_call
 from .events import StageflowEventListener
-from .scope import current_scope
+from .scope import _current
 
 __all__ = [
     "CostEstimator",
@@ -44,82 +46,15 @@ __all__ = [
 
 logger = logging.getLogger("stageflow_plus.tools")
 
-CostEstimator = Callable[[str, Mapping[str, Any]], Mapping[str, float] | None]
-"""``(tool, payload) -> {"tokens": 1200, ...}``: a call's estimated cost per dimension
-(finite numbers >= 0; ``None`` for no estimate). Anything else refuses the call with
-``ConfigError``; an exception it raises propagates (the call does not run)."""
+_DATA_ONLY.update((ToolOutput, AdvancedToolOutput))  # ProviderPause skips their empty successes
 
-
-def _field(ctx: Any, name: str) -> Any:
-    if isinstance(ctx, Mapping):
-        return ctx.get(name)
-    return getattr(ctx, name, None)
-
-
-def build_call(
-    action: Any,
-    ctx: Any,
-    *,
-    cost_of: CostEstimator | None = None,
-    now: float | None = None,
-) -> ToolCall:
-    """Build the :class:`ToolCall` for ``action`` made with context ``ctx``.
-
-    Run id, tenant, priority, deadline and limits come from the current
-    :class:`~stageflow_plus.stageflow.scope.CallScope` when one is set, else from the context
-    (``pipeline_run_id``; ``org_id`` as tenant). The cost is the scope's default estimate
-    overlaid with ``cost_of``'s. With ``now`` (the chain's clock), the scope's ``max_wait``
-    tightens the deadline to ``now + max_wait``.
-
-    :raises ConfigError: ``cost_of`` returned something other than a mapping of finite
-        numbers >= 0 (or ``None``), the scope's ``cost`` is not such a mapping, or a field
-        of the call is invalid (see :class:`ToolCall`).
-    """
-    payload = getattr(action, "payload", None) or {}
-    tool = str(action.type)
-    scope = current_scope()
-    run_id = scope.run_id if scope is not None and scope.run_id is not None else None
-    if run_id is None:
-        raw = _field(ctx, "pipeline_run_id")
-        run_id = str(raw) if raw is not None else None
-    tenant = scope.tenant if scope is not None and scope.tenant is not None else None
-    if tenant is None:
-        org = _field(ctx, "org_id")
-        tenant = str(org) if org is not None else "default"
-    cost: Mapping[str, float] = {}
-    if cost_of is not None:
-        estimate = cost_of(tool, payload)
-        cost = {} if estimate is None else check_cost(estimate, "cost_of()", f" for tool {tool!r}")
-    deadline = None
-    if scope is not None:
-        # (a per-run default; a scope may be set by anyone: checked like cost_of's estimate)
-        default = check_cost(scope.cost, "CallScope.cost", f" for tool {tool!r}")
-        if default:
-            cost = {**default, **cost}
-        deadline = scope.deadline
-        if scope.max_wait is not None and now is not None:
-            bound = now + scope.max_wait
-            deadline = bound if deadline is None else min(deadline, bound)
-    return ToolCall(
-        tool=tool,
-        payload=payload,
-        action=action,
-        run_id=run_id,
-        tenant=tenant,
-        priority=scope.priority if scope is not None and scope.priority is not None else 0,
-        cost=cost,
-        deadline=deadline,
-        context=ctx,
-        limits=scope.limits if scope is not None else {},
-    )
-
-
-def _now(chain: ToolCallChain) -> float | None:
-    return chain.now() if chain.gate is not None else None
+def _clock(chain: ToolCallChain) -> Callable[[], float] | None:
+    gate = chain.gate
+    return gate.limiter.clock.now if gate is not None else None
 
 
 def _record(call: ToolCall, result: Any) -> Any:
-    scope = current_scope()
+    scope = _current.get()
     if scope is not None and scope.completed is not None:
         scope.completed.append((call.tool, result))
     return result
@@ -156,15 +91,23 @@ class LimitedToolRegistry(ToolRegistry):
         self._factories = registry._factories
         self.chain = _attach_events(chain)
         self.cost_of = cost_of
+        self._clock = _clock(self.chain)
 
     async def execute(self, action: Any, ctx: dict[str, Any]) -> ToolOutput | None:
         """Run ``action`` under the chain (the tool's output, or a refusal raised)."""
-        if not self.can_execute(action.type):
+        if action.type not in self._tools and not self.can_execute(action.type):
             return await super().execute(action, ctx)
-        call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
+        call = make_call(action, ctx, self.cost_of, self._clock)
         return await self.chain.run(call, self._run_tool)
 
-    async def _run_tool(self, call: ToolCall) -> ToolOutput | None:
+    def _run_tool(self, call: ToolCall) -> Awaitable[ToolOutput | None]:
+        # the tool's own coroutine when nothing records completions (no wrapper frame)
+        scope = _current.get()
+        if scope is None or scope.completed is None:
+            return ToolRegistry.execute(self, call.action, call.context)
+        return self._run_recorded(call)
+
+    async def _run_recorded(self, call: ToolCall) -> ToolOutput | None:
         output = await ToolRegistry.execute(self, call.action, call.context)
         _record(call, output)
         return output
@@ -266,6 +209,7 @@ class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
         limited.wrapped = executor
         limited.chain = _attach_events(chain)
         limited.cost_of = cost_of
+        limited._clock = _clock(limited.chain)
         return limited
 
     def __getattr__(self, name: str) -> Any:
@@ -285,12 +229,13 @@ class LimitedAdvancedToolExecutor(AdvancedToolExecutor):
         super().__init__(*args, **kwargs)
         self.chain = _attach_events(chain)
         self.cost_of = cost_of
+        self._clock = _clock(self.chain)
 
     async def execute(self, action: Any, ctx: Any) -> AdvancedToolOutput:
         """Run ``action`` under the chain (the tool's output, or a refusal raised)."""
         if not self.can_execute(action.type):
             return await self._execute_unlimited(action, ctx)
-        call = build_call(action, ctx, cost_of=self.cost_of, now=_now(self.chain))
+        call = make_call(action, ctx, self.cost_of, self._clock)
         return await self.chain.run(call, self._run_tool)
 
     async def undo_action(self, action_id: Any, ctx: Any) -> bool:

@@ -59,9 +59,9 @@ def test_a_tool_call_refuses_a_cost_it_cannot_be_charged(value: Any, message: st
 
 def test_a_tool_call_refuses_a_cost_that_is_no_mapping_or_has_odd_names() -> None:
     with pytest.raises(ConfigError, match=r"ToolCall\.cost of tool 's' must be a mapping"):
-        ToolCall("s", cost=[("tokens", 5)])  # type: ignore[arg-type]
+        ToolCall("s", cost=[("tokens", 5)])
     with pytest.raises(ConfigError, match="cost names must be strings, got int 7"):
-        ToolCall("s", cost={7: 5})  # type: ignore[dict-item]
+        ToolCall("s", cost={7: 5})
     call = ToolCall("s", cost={"tokens": 0, "dollars": 1e300, "n": 12})
     assert dict(call.cost) == {"tokens": 0, "dollars": 1e300, "n": 12}
 
@@ -86,7 +86,7 @@ def test_a_tool_call_refuses_other_fields_with_a_config_error(
 
 def test_a_tool_call_refuses_a_tool_name_that_is_no_string() -> None:
     with pytest.raises(ConfigError, match=r"ToolCall\.tool of tool 7 must be a str, got int 7"):
-        ToolCall(7)  # type: ignore[arg-type]
+        ToolCall(7)
 
 
 class CountingClock(LoopClock):

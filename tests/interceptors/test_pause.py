@@ -218,3 +218,27 @@ def test_random_schedules_never_start_a_paused_key_nor_leak(
         assert all(p.in_use == 0 and p.waiting == 0 for p in stats.pools)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("module", ["stageflow.tools.base", "stageflow.tools.definitions"])
+async def test_stageflow_outputs_pause_only_when_their_data_says_so(module: str) -> None:
+    import importlib
+
+    import stageflow_plus.stageflow.tools  # noqa: F401  (registers the output types)
+
+    output_type = importlib.import_module(module).ToolOutput
+    clock = ManualClock()
+    chain = ToolCallChain([ConcurrencyLimiter(10)], clock=clock)
+    pause = chain.pause
+    assert pause is not None
+
+    async def empty(call: ToolCall) -> Any:
+        return output_type(success=True)
+
+    async def limited(call: ToolCall) -> Any:
+        return output_type(success=False, data={"status": 429, "retry_after": 2.0})
+
+    await chain.run(ToolCall("api"), empty)
+    assert not pause._paused  # a success without data: nothing read, nothing paused
+    await chain.run(ToolCall("api"), limited)
+    assert pause._paused  # a 429 with Retry-After in data still pauses the key

@@ -50,6 +50,8 @@ from stageflow_plus.primitives.adaptive_settings import AdaptiveSettings
 from stageflow_plus.primitives.dispatch import Dispatcher
 from stageflow_plus.primitives.ordering import _Level, _Tenant
 from stageflow_plus.primitives.queueing import Queueing
+from stageflow_plus.stageflow.calls import _Fixed
+from stageflow_plus.stageflow.scope import CallScope, ScopeBlock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,6 +163,15 @@ def _instances() -> dict[type, Callable[[], Any]]:
         Queueing: lambda: _populated(Queueing, limiter),
         Limiter: lambda: limiter,
         AdmissionGate: lambda: gate,
+        CallScope: lambda: CallScope(
+            "run-1", "acme", 2, 9.0, {"concurrency": 2}, "stage", 1.0, {"tokens": 5.0}, []
+        ),
+        ScopeBlock: lambda: ScopeBlock(CallScope(run_id="run-2")),
+        _Fixed: lambda: _Fixed(3.0),
+        ToolCall: lambda: ToolCall(
+            "search", {"q": "x"}, object(), "run-1", "acme", 2, {"tokens": 5.0}, 9.0,
+            {"ctx": 1}, {"concurrency": 2},
+        ),
         AdaptiveLimit: lambda: AdaptiveLimit(AdaptiveSettings(), 8, 0.0),
     }
 

@@ -45,3 +45,42 @@ def test_an_explicit_scope_replaces_and_fields_apply_over_it() -> None:
 def test_bad_fields_are_config_errors(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message), call_scope(**fields):
         pass
+
+
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_wait": float("inf")}, r"CallScope.max_wait must be a number > 0"),
+        ({"max_wait": True}, r"CallScope.max_wait must be a number"),
+        ({"deadline": False}, r"CallScope.deadline must be a number"),
+        ({"cost": "tokens"}, r"CallScope.cost must be a mapping"),
+        ({"run_id": _Name("")}, r"CallScope.run_id must be a non-empty str"),
+    ],
+)
+def test_the_constructor_checks_every_field(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CallScope(**fields)
+
+
+def test_subclasses_and_other_mappings_pass_the_checks() -> None:
+    from types import MappingProxyType
+
+    scope = CallScope(run_id=_Name("r"), deadline=5, limits=MappingProxyType({"a": 1}),
+                      cost=MappingProxyType({"tokens": 2.0}), max_wait=0.5)
+    assert (scope.run_id, scope.deadline, dict(scope.limits)) == ("r", 5, {"a": 1})
+    with pytest.raises(AttributeError):
+        scope.tenant = "x"  # type: ignore[misc]
+
+
+def test_a_block_restores_the_previous_scope_on_error_and_enters_once() -> None:
+    block = call_scope(tenant="acme")
+    with pytest.raises(ValueError), block:
+        assert current_scope() == CallScope(tenant="acme")
+        raise ValueError("boom")
+    assert current_scope() is None
+    with pytest.raises(RuntimeError, match="entered only once"), block:
+        pass
