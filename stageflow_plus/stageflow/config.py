@@ -309,7 +309,9 @@ def _global_limits(
     _make("priority", backend.configure_queue, queue_order)
     concurrency = dict(cfg.get("concurrency", {}))
     if "rate" not in cfg and not concurrency:
-        return []
+        # nothing global to hold: an uncapped in-process limiter, so a run's
+        # ctx.data["_concurrency"] applies, as with the memory backend
+        return [_make("concurrency", ConcurrencyLimiter, {})]
     options: dict[str, Any] = {
         "concurrency": concurrency.pop("limit", None), **concurrency, "clock": clock
     }

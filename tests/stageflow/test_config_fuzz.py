@@ -26,6 +26,7 @@ from stageflow_plus import (
     StageflowPlusError,
     TokenBucketRateLimiter,
 )
+from stageflow_plus.backends import MemoryBackend
 from stageflow_plus.stageflow import (
     OVERRIDE_KEYS,
     CallScopeInterceptor,
@@ -146,12 +147,27 @@ def _names_an_entry(error: StageflowPlusError) -> bool:
                                              "config file", "Ceilings.", "Rate"))
 
 
+def _check_built_on_redis(plus: sfp.StageflowPlus, concurrency: ConcurrencyLimiter) -> None:
+    """With Redis the global limits are one RedisLimits step; the process keeps per_run."""
+    from stageflow_plus.backends.limits import RedisLimits
+
+    cfg = plus.config
+    written = cfg.get("concurrency", {})
+    limits = {p.name: p.limit for p in concurrency.partitions}
+    assert set(limits) == {"run"} and limits["run"] == written.get("per_run")
+    held = [s for s in plus.chain.interceptors if isinstance(s, RedisLimits)]
+    assert len(held) == (1 if "rate" in cfg or written else 0)
+
+
 def _check_built(plus: sfp.StageflowPlus) -> None:
     """What was written is what was built (never silently dropped)."""
     cfg = plus.config
     steps = {type(s): s for s in plus.chain.interceptors}
-    concurrency = steps[ConcurrencyLimiter]
+    concurrency = steps[ConcurrencyLimiter]  # always one, so a run's _concurrency applies
     assert isinstance(concurrency, ConcurrencyLimiter)
+    if not isinstance(plus.backend, MemoryBackend):
+        _check_built_on_redis(plus, concurrency)
+        return
     limits = {p.name: (p.limit, dict(p.overrides)) for p in concurrency.partitions}
     written = cfg.get("concurrency", {})
     if "limit" in written:

@@ -402,3 +402,15 @@ def test_an_error_that_only_the_environment_caused_says_so() -> None:
                                           r"STAGEFLOW_PLUS_MAX_PRIORITY merged"):
         sfp.load_config({"priority": {}, "ceilings": {"default_priority": 3}},
                         env={"STAGEFLOW_PLUS_MAX_PRIORITY": "1"})
+
+
+@pytest.mark.parametrize("env", [{}, {"STAGEFLOW_PLUS_BACKEND": "redis://127.0.0.1:1/0"}])
+async def test_a_config_with_no_limits_still_has_a_concurrency_limiter_for_runs(
+        env: dict[str, str]) -> None:
+    """Whatever the backend, a run's ``_concurrency`` has a step that enforces it (the
+    Redis backend built an empty chain for an empty config)."""
+    plus = sfp.build({}, env=env)
+    try:
+        assert [type(s).__name__ for s in plus.chain.interceptors] == ["ConcurrencyLimiter"]
+    finally:
+        await plus.aclose()
