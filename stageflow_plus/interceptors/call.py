@@ -21,14 +21,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn, Protocol
 
+from ..primitives.dimensions import check_dimension
 from ..primitives.errors import ConfigError
 
 __all__ = [
+    "LIMIT_KEYS",
     "MAX_PRIORITY_MAGNITUDE",
     "Proceed",
     "ToolCall",
     "ToolCallInterceptor",
     "check_cost",
+    "check_limits",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -89,6 +92,42 @@ def _check_fields(tool: Any, priority: Any, tenant: Any, run_id: Any) -> None:
         _refuse(tool, "tenant", "a str", tenant)
     if run_id is not None and not isinstance(run_id, str):
         _refuse(tool, "run_id", "a str or None", run_id)
+
+
+LIMIT_KEYS = ("concurrency", "max_queue", "rates")
+"""The per-run limits a ``ToolCall.limits`` mapping may hold."""
+
+
+def check_limits(limits: Any, where: str) -> None:
+    """Validate a per-run limits mapping (``{"concurrency": 2, "rates": {"tokens": 50.0},
+    "max_queue": 10}``): ``concurrency`` an int >= 1, ``max_queue`` an int >= 0, ``rates`` a
+    mapping of registered dimension names to units per second (finite, > 0).
+
+    :raises ConfigError: naming ``where`` (e.g. ``"ToolCall.limits of tool 'search'"``),
+        the entry and the value — an unknown key too (it would be silently ignored).
+    """
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"{where} must be a mapping of {', '.join(LIMIT_KEYS)}, "
+                          f"got {_show(limits)}")
+    for key, value in limits.items():
+        if key == "concurrency" or key == "max_queue":
+            least = 1 if key == "concurrency" else 0
+            if type(value) is not int or value < least:
+                raise ConfigError(f"{where}[{key!r}] must be an int >= {least}, "
+                                  f"got {_show(value)}")
+        elif key == "rates":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}['rates'] must be a mapping of dimension names to "
+                                  f"units per second, got {_show(value)}")
+            for dimension, rate in value.items():
+                check_dimension(dimension, f"{where}['rates'] key")
+                if (type(rate) is not float and type(rate) is not int) or not (
+                        0 < rate <= _MAX_FLOAT):
+                    raise ConfigError(f"{where}['rates'][{dimension!r}] must be a finite "
+                                      f"number > 0 (per second), got {_show(rate)}")
+        else:
+            raise ConfigError(f"{where}: unknown limit {key!r} (known: "
+                              f"{', '.join(LIMIT_KEYS)})")
 
 
 def _refuse(tool: Any, name: str, expected: str, value: Any) -> NoReturn:
@@ -166,6 +205,8 @@ class ToolCall:
             _check_fields(tool, priority, tenant, run_id)
         if cost is not _EMPTY:
             check_cost(cost, "ToolCall.cost", f" of tool {tool!r}")
+        if limits is not _EMPTY and limits:
+            check_limits(limits, f"ToolCall.limits of tool {tool!r}")
         if deadline is not None and (
             (type(deadline) is not float and type(deadline) is not int) or deadline != deadline
         ):

@@ -94,9 +94,29 @@ class AdmissionGate:
         self.ordering: Ordering = _default_ordering()
         self.admission = AdmissionPolicy()
         self._fair_cost: Callable[[ToolCall], float] | None = None
-        for part in self.parts:
-            part._bind(self)
-            part.configure(self)
+        # every attribute is set before any part runs: compiled code reads attributes that
+        # __init__ always sets without checking them, so a gate whose construction a part
+        # aborted must hold no unset one (its repr, say, would crash the interpreter)
+        self.limiter = Limiter(name=name, clock=clock)  # replaced once the parts configured
+        self._now = self.limiter.clock.now
+        self._demanders: tuple[LimitPart, ...] = ()
+        self._observers: tuple[LimitPart, ...] = ()
+        self._honoured: frozenset[str] = frozenset()
+        self._run_waiting: dict[str, int] = {}
+        # the demands of calls without per-run limits, per demander: its template, or None
+        # where the part is asked per call; _fixed: every demand, when they are all plain
+        # (amount 1 each, no part asked): then a call's demands are this very tuple
+        self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
+        self._fixed: tuple[tuple[Resource, float], ...] | None = None
+        try:
+            for part in self.parts:
+                part._bind(self)
+                part.configure(self)
+        except BaseException:
+            for part in self.parts:  # the parts may join another chain
+                if part._gate is self:
+                    part._gate = None
+            raise
         self.limiter = Limiter(
             name=name,
             ordering=self.ordering,
@@ -109,12 +129,6 @@ class AdmissionGate:
         # (per instance: a rate limiter with nothing to read in results observes none)
         self._observers = tuple(p for p in self.parts if p.observes_results and p.wants_results())
         self._honoured = frozenset({"max_queue"}).union(*(p.honours_limits for p in self.parts))
-        self._run_waiting: dict[str, int] = {}
-        # the demands of calls without per-run limits, per demander: its template, or None
-        # where the part is asked per call; _fixed: every demand, when they are all plain
-        # (amount 1 each, no part asked): then a call's demands are this very tuple
-        self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
-        self._fixed: tuple[tuple[Resource, float], ...] | None = None
         self.refresh_templates()
 
     def refresh_templates(self) -> None:

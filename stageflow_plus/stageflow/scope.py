@@ -20,7 +20,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
 
-from ..interceptors.call import _EMPTY
+from ..interceptors.call import _EMPTY, check_limits
 from ..primitives.errors import ConfigError
 
 __all__ = ["CallScope", "ScopeBlock", "call_scope", "current_scope"]
@@ -83,6 +83,8 @@ class CallScope:
             and (cost is _EMPTY or type(cost) is dict)
         ):
             _check_scope(run_id, tenant, priority, deadline, limits, stage, max_wait, cost)
+        if limits is not _EMPTY and limits:
+            check_limits(limits, "CallScope.limits")
         object.__setattr__(self, "run_id", run_id)
         object.__setattr__(self, "tenant", tenant)
         object.__setattr__(self, "priority", priority)

@@ -64,3 +64,53 @@ def test_a_registered_dimension_is_no_typo() -> None:
         assert PriorityFairQueue(fair_cost="input_token") is not None
     finally:
         del KNOWN_DIMENSIONS["input_token"]
+
+
+def test_a_part_failing_to_configure_leaves_no_half_built_gate_behind() -> None:
+    """A compiled gate whose construction a part aborted crashed the interpreter when its
+    repr was taken (compiled code reads attributes __init__ always sets unchecked)."""
+    from stageflow_plus.interceptors import LimitPart, ToolCallChain
+
+    seen: list[Any] = []
+
+    class Failing(LimitPart):
+        def configure(self, gate: Any) -> None:
+            seen.append(gate)
+            raise RuntimeError("boom")
+
+    part, concurrency = Failing(), ConcurrencyLimiter(2)
+    with pytest.raises(RuntimeError, match="boom"):
+        ToolCallChain([part, concurrency])
+    assert "AdmissionGate" in repr(seen[0])  # no crash
+    assert concurrency._gate is None  # free to join another chain
+    assert ToolCallChain([concurrency]).gate is not None
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"concurrency": math.nan}, r"\['concurrency'\] must be an int >= 1"),
+    ({"concurrency": 0}, r"\['concurrency'\] must be an int >= 1"),
+    ({"concurrency": "2"}, r"\['concurrency'\] must be an int >= 1"),
+    ({"concurrency": True}, r"\['concurrency'\] must be an int >= 1"),
+    ({"max_queue": -1}, r"\['max_queue'\] must be an int >= 0"),
+    ({"max_queue": math.nan}, r"\['max_queue'\] must be an int >= 0"),
+    ({"rates": "x"}, r"\['rates'\] must be a mapping"),
+    ({"rates": {"requests": math.inf}}, r"\['rates'\]\['requests'\] must be a finite number"),
+    ({"rates": {"requests": 0}}, r"\['rates'\]\['requests'\] must be a finite number"),
+    ({"rates": {"token": 5}}, r"did you mean 'tokens'"),
+    ({"bogus": 1}, r"unknown limit 'bogus'"),
+    ([("concurrency", 1)], r"must be a mapping"),
+])
+def test_per_run_limits_on_a_call_or_a_scope_are_checked(limits: Any, message: str) -> None:
+    from stageflow_plus import ToolCall, call_scope
+
+    with pytest.raises(ConfigError, match=r"ToolCall\.limits of tool 't'.*" + message):
+        ToolCall("t", run_id="r", limits=limits)
+    with pytest.raises(ConfigError, match=r"CallScope\.limits.*" + message):
+        call_scope(limits=limits)
+
+
+def test_valid_per_run_limits_pass() -> None:
+    from stageflow_plus import ToolCall
+
+    limits = {"concurrency": 2, "max_queue": 0, "rates": {"requests": 1.5, "tokens": 100}}
+    assert ToolCall("t", run_id="r", limits=limits).limits == limits
