@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from .._logging import LogDigest, stdlib_emit
 from ..primitives.admission import AdmissionPolicy
 from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError, QueueFull, StageflowPlusError
@@ -67,6 +68,7 @@ class AdmissionGate:
         "_fixed",
         "_honoured",
         "_now",
+        "_observer_log",
         "_observers",
         "_run_waiting",
         "_templates",
@@ -108,6 +110,7 @@ class AdmissionGate:
         # (amount 1 each, no part asked): then a call's demands are this very tuple
         self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
         self._fixed: tuple[tuple[Resource, float], ...] | None = None
+        self._observer_log: LogDigest | None = None  # made on the first failing observer
         try:
             for part in self.parts:
                 part._bind(self)
@@ -326,10 +329,20 @@ class AdmissionGate:
         ``on_observer_error(info, hook, error)``. Logs the error's own text only for our
         errors (they name fields, never payloads); of a foreign one, its type only."""
         detail = str(error) if isinstance(error, StageflowPlusError) else type(error).__name__
-        logger.warning(
-            "tool_call.observer_failed: %s raised for tool %r (call %s, run %s): %s; the "
-            "tool's outcome is kept, its estimated cost stays charged",
-            hook, call.tool, call.call_id, call.run_id, detail,
+        digest = self._observer_log
+        if digest is None:  # aggregated: the first failure of a hook at once, then counts
+            digest = self._observer_log = LogDigest(stdlib_emit(logger),
+                                                    clock=self.limiter.clock)
+        digest.note(
+            logging.WARNING, hook, type(error).__name__,
+            what=f"failures of {hook} (outcomes kept, estimates charged)",
+            event="tool_call.observer_failures",
+            first=lambda: (
+                "tool_call.observer_failed",
+                f"tool_call.observer_failed: {hook} raised for tool {call.tool!r} (call "
+                f"{call.call_id}, run {call.run_id}): {detail}; the tool's outcome is kept, "
+                "its estimated cost stays charged",
+                {"tool": call.tool, "hook": hook}),
         )
         handler = getattr(self.limiter.listener, "on_observer_error", None)
         if handler is not None:

@@ -210,3 +210,25 @@ async def test_a_limited_registry_emits_tool_observer_error_on_stageflow_s_sink(
     [data] = [d for t, d in sink.events if t == "tool.observer_error"]
     assert data["hook"] == "TokenBucketRateLimiter.after_result"
     assert data["error_type"] == "TypeError" and data["tool"] == "echo"
+
+
+async def test_an_observer_failing_on_every_call_logs_one_line_then_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 15.2: nothing per call above DEBUG, a broken hook included."""
+    clock = ManualClock()
+    events = Events()
+    chain = ToolCallChain([Failing(), ConcurrencyLimiter(1)], clock=clock, listener=events)
+
+    async def fine(call: ToolCall) -> str:
+        return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="stageflow_plus"):
+        for _ in range(50):
+            assert await chain.run(ToolCall("t"), fine) == "ok"
+        lines = [r.getMessage() for r in caplog.records if r.name == "stageflow_plus"]
+        assert len(lines) == 1 and "observer_failed" in lines[0]
+        clock.advance(10.0)
+        lines = [r.getMessage() for r in caplog.records if r.name == "stageflow_plus"]
+    assert len(lines) == 2 and "49 more failures of Failing.after_result" in lines[1], lines
+    assert len(events.errors) == 50  # the listener still hears every one

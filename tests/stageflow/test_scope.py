@@ -69,9 +69,9 @@ def test_the_constructor_checks_every_field(fields: dict[str, Any], message: str
 def test_subclasses_and_other_mappings_pass_the_checks() -> None:
     from types import MappingProxyType
 
-    scope = CallScope(run_id=_Name("r"), deadline=5, limits=MappingProxyType({"a": 1}),
+    scope = CallScope(run_id=_Name("r"), deadline=5, limits=MappingProxyType({"concurrency": 1}),
                       cost=MappingProxyType({"tokens": 2.0}), max_wait=0.5)
-    assert (scope.run_id, scope.deadline, dict(scope.limits)) == ("r", 5, {"a": 1})
+    assert (scope.run_id, scope.deadline, dict(scope.limits)) == ("r", 5, {"concurrency": 1})
     with pytest.raises(AttributeError):
         scope.tenant = "x"  # type: ignore[misc]
 
