@@ -145,3 +145,18 @@ def test_config_show_refuses_what_config_check_refuses(
     assert "limit = 2" in shown.out and "sk-live-123" not in shown.out + shown.err
     assert "plugin that is not listed in stageflow_plus.plugins" in shown.err
     assert "plugin that is not listed in stageflow_plus.plugins" in check_err
+
+
+def test_config_check_and_show_hide_a_password_given_as_a_query_value(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    path = tmp_path / "c.toml"
+    path.write_text('[stageflow_plus.backend]\nurl = "redis://127.0.0.1:6399/0?password=hunter2"\n'
+                    "[stageflow_plus.concurrency]\nlimit = 2\n")
+    assert main(["config", "check", str(path)]) == 0
+    assert main(["config", "show", str(path)]) == 0
+    shown = capsys.readouterr()
+    assert "hunter2" not in shown.out + shown.err
+    assert "backend redis://127.0.0.1:6399/0?password=***" in shown.out
+    assert 'url = "redis://127.0.0.1:6399/0?password=***"' in shown.out

@@ -21,13 +21,14 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["MASK", "Redactor", "redact_url"]
+__all__ = ["MASK", "SECRET_PARAMS", "Redactor", "redact_url"]
 
 MASK = "***"
 """What a secret is replaced with."""
 
-_SECRET_PARAMS = frozenset({"password", "pass", "pwd", "passwd", "secret", "token", "auth",
+SECRET_PARAMS = frozenset({"password", "pass", "pwd", "passwd", "secret", "token", "auth",
                             "key", "access_key"})
+"""Query parameters whose values are secrets (compared case-insensitively)."""
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^@/?#]*)@")
 
 
@@ -46,10 +47,10 @@ def _secrets_of(url: str) -> list[str]:
     query = url.split("?", 1)[1] if "?" in url else ""
     for raw in query.split("&"):
         name, _, value = raw.partition("=")
-        if unquote(name).lower() in _SECRET_PARAMS and value:
+        if unquote(name).lower() in SECRET_PARAMS and value:
             found.update({value, unquote(value)})
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() in _SECRET_PARAMS and value:
+        if name.lower() in SECRET_PARAMS and value:
             found.add(value)
     return sorted((s for s in found if s), key=len, reverse=True)
 
@@ -78,7 +79,7 @@ def redact_url(url: object) -> str:
         parts = []
         for raw in query.split("&"):
             name, eq, value = raw.partition("=")
-            if eq and value and unquote(name).lower() in _SECRET_PARAMS:
+            if eq and value and unquote(name).lower() in SECRET_PARAMS:
                 value = MASK
             parts.append(f"{name}{eq}{value}")
         text = f"{base}?{'&'.join(parts)}"

@@ -1,7 +1,10 @@
 """Keeping secrets out of messages: URL credentials and values shown in errors.
 
-A Redis URL may carry a password (``redis://:secret@host/0``); config errors, ``config
-show`` and ``config check`` print values, so every value they print goes through here.
+A Redis URL may carry a password (``redis://:secret@host/0``, ``?password=...``); config
+errors, ``config show`` and ``config check`` print values, so every value they print goes
+through here. A URL alone goes through the backends' :func:`~stageflow_plus.backends.
+redact.redact_url` (re-exported here: one redactor for URLs); free text that may quote
+URLs through :func:`redact_text`.
 
 .. versionadded:: 0.1.0
 """
@@ -12,26 +15,14 @@ import re
 import reprlib
 from typing import Any
 
-from ..backends.redact import _SECRET_PARAMS
+from ..backends.redact import SECRET_PARAMS, redact_url
 
 __all__ = ["redact_error", "redact_text", "redact_url", "show"]
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (or a user-only token) replaced by ``***``:
-    ``redis://:secret@host/0`` → ``redis://:***@host/0``."""
-
-    def hide(match: re.Match[str]) -> str:
-        user, colon, _secret = match.group(2).partition(":")
-        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
-
-    return _CREDENTIALS.sub(hide, url)
-
-
-_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
 _CREDENTIALS_IN_TEXT = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/?#\s'\"]*)@")
 # a URL's secret query values (the names backends.redact hides), wherever a URL is quoted
-_SECRET_NAMES = "|".join(sorted(_SECRET_PARAMS))
+_SECRET_NAMES = "|".join(sorted(SECRET_PARAMS))
 _SECRET_QUERY_IN_TEXT = re.compile(rf"([?&](?:{_SECRET_NAMES})=)[^&#\s'\"]*", re.IGNORECASE)
 
 
