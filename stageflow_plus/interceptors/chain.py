@@ -214,10 +214,7 @@ class ToolCallChain:
         if self.gate is None:
             return
         limiter = self.gate.limiter
-        current = limiter.listener
-        existing = current.listeners if isinstance(current, MultiListener) else (
-            (current,) if current is not None else ()
-        )
+        existing = _listeners_of(limiter)
         kept = [x for x in existing if not isinstance(x, (LoggingListener, StructlogListener))]
         everyone = [listener, *kept]
         limiter.listener = everyone[0] if len(everyone) == 1 else MultiListener(everyone)
@@ -227,10 +224,7 @@ class ToolCallChain:
         if self.gate is None:
             return
         limiter = self.gate.limiter
-        current = limiter.listener
-        existing = current.listeners if isinstance(current, MultiListener) else (
-            (current,) if current is not None else ()
-        )
+        existing = _listeners_of(limiter)
         if any(type(x) is type(listener) for x in existing):
             return
         limiter.listener = MultiListener([*existing, listener])
@@ -247,3 +241,11 @@ class ToolCallChain:
 
     def __repr__(self) -> str:
         return f"ToolCallChain({list(self.interceptors)!r})"
+
+
+def _listeners_of(limiter: Any) -> tuple[LimiterListener, ...]:
+    """The listeners ``limiter`` sends events to (those of a :class:`MultiListener`)."""
+    current = limiter.listener
+    if isinstance(current, MultiListener):
+        return tuple(current.listeners)
+    return (current,) if current is not None else ()

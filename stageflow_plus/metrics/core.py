@@ -34,7 +34,7 @@ __all__ = [
     "ChainSnapshot",
     "LabelBudget",
     "MetricsRecorder",
-    "add_recorder",
+    "attach_recorder",
     "key_label",
     "on_loop",
 ]
@@ -263,7 +263,25 @@ class MetricsRecorder:
         )
 
 
-def add_recorder(chain: Any, recorder: MetricsRecorder, owner: str) -> None:
+def attach_recorder(chain: Any, recorders: list[MetricsRecorder], owner: str,
+                    make: Callable[[], MetricsRecorder]) -> MetricsRecorder:
+    """``owner.attach(chain)``: a recorder made by ``make()``, added to ``chain``'s listeners
+    and to ``recorders``. Refuses a chain without limiters, a second chain of the same name
+    on one metrics object, and a chain some metrics object measures already."""
+    if chain.gate is None:
+        raise ConfigError(f"{owner}.attach: this chain has no limiter interceptors, so "
+                          "there is nothing to measure")
+    name = chain.gate.limiter.name
+    if any(r.chain.gate.limiter.name == name for r in recorders):
+        raise ConfigError(f"{owner}.attach: a chain named {name!r} is attached already; "
+                          "give each chain its own ToolCallChain(name=...)")
+    recorder = make()
+    _add_recorder(chain, recorder, owner)
+    recorders.append(recorder)
+    return recorder
+
+
+def _add_recorder(chain: Any, recorder: MetricsRecorder, owner: str) -> None:
     """Add ``recorder`` to ``chain``'s listeners, refusing a chain that has one already
     (a chain is measured by one metrics object)."""
     limiter = chain.gate.limiter

@@ -45,13 +45,12 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from .._logging import get_logger
-from ..primitives.errors import ConfigError
 from .core import (
     DEFAULT_WAIT_BUCKETS,
     ChainSnapshot,
     LabelBudget,
     MetricsRecorder,
-    add_recorder,
+    attach_recorder,
     key_label,
     on_loop,
 )
@@ -145,17 +144,9 @@ class OTelMetrics:
 
     def attach(self, chain: Any) -> MetricsRecorder:
         """Record ``chain``'s metrics (adds its listener); chains need distinct names."""
-        if chain.gate is None:
-            raise ConfigError("OTelMetrics.attach: this chain has no limiter interceptors, "
-                              "so there is nothing to measure")
-        name = chain.gate.limiter.name
-        if any(r.chain.gate.limiter.name == name for r in self._recorders):
-            raise ConfigError(f"OTelMetrics.attach: a chain named {name!r} is attached "
-                              "already; give each chain its own ToolCallChain(name=...)")
-        recorder = _OTelRecorder(self, chain, bounds=self._bounds, **self._budgets)
-        add_recorder(chain, recorder, "OTelMetrics")
-        self._recorders.append(recorder)
-        return recorder
+        return attach_recorder(chain, self._recorders, "OTelMetrics",
+                               lambda: _OTelRecorder(self, chain, bounds=self._bounds,
+                                                     **self._budgets))
 
     def _snapshots(self) -> list[ChainSnapshot]:
         taken, cached = self._cache

@@ -60,7 +60,7 @@ from .core import (
     ChainSnapshot,
     LabelBudget,
     MetricsRecorder,
-    add_recorder,
+    attach_recorder,
     on_loop,
 )
 
@@ -111,17 +111,8 @@ class PrometheusMetrics:
 
     def attach(self, chain: Any) -> MetricsRecorder:
         """Collect ``chain``'s metrics (adds its listener); chains need distinct names."""
-        if chain.gate is None:
-            raise ConfigError("PrometheusMetrics.attach: this chain has no limiter "
-                              "interceptors, so there is nothing to measure")
-        name = chain.gate.limiter.name
-        if any(r.chain.gate.limiter.name == name for r in self._recorders):
-            raise ConfigError(f"PrometheusMetrics.attach: a chain named {name!r} is attached "
-                              "already; give each chain its own ToolCallChain(name=...)")
-        recorder = MetricsRecorder(chain, bounds=self._bounds, **self._budgets)
-        add_recorder(chain, recorder, "PrometheusMetrics")
-        self._recorders.append(recorder)
-        return recorder
+        return attach_recorder(chain, self._recorders, "PrometheusMetrics",
+                               lambda: MetricsRecorder(chain, bounds=self._bounds, **self._budgets))
 
     def describe(self) -> list[Metric]:
         """No fixed description: the registry then collects once to learn the names."""
