@@ -190,8 +190,9 @@ class RedisLimits:
         """Wait for every global permit of ``call`` (see the class docstring for errors)."""
         plan, pools, shapes, _ = self._shape(call)
         amounts: list[str] = []
-        for b in shapes:
-            amount = self._amount(b, call)
+        cost = call.cost
+        for b, dimension in zip(shapes, plan.dimensions, strict=True):
+            amount = 1.0 if dimension == "requests" else float(cost.get(dimension, 0.0))
             if not (math.isfinite(amount) and amount >= 0):
                 raise ConfigError(f"redis: the cost {b.dimension!r} of a call to {call.tool!r} "
                                   f"must be a finite number >= 0, got {amount!r}")

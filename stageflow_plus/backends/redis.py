@@ -35,7 +35,7 @@ import itertools
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -212,13 +212,14 @@ class RedisBackend(RedisTransport):
                                            priority=priority, tenant=tenant, cost=cost,
                                            timeout=timeout)
 
-    async def acquire_plan(self, plan: Plan, amounts: Sequence[str], *, priority: int = 0,
-                           tenant: str = "", cost: float = 1.0,
-                           timeout: float | None = None) -> RedisLease:
+    def acquire_plan(self, plan: Plan, amounts: Sequence[str], *, priority: int = 0,
+                     tenant: str = "", cost: float = 1.0,
+                     timeout: float | None = None) -> Coroutine[Any, Any, RedisLease]:
         """:meth:`acquire` for a :meth:`plan` and the amounts (``repr`` of floats) this
-        call takes of its buckets: what :class:`RedisLimits` calls, its plans cached."""
-        return await self._permits.acquire(plan, amounts, priority=priority, tenant=tenant,
-                                           cost=cost, timeout=timeout)
+        call takes of its buckets: what :class:`RedisLimits` calls, its plans cached.
+        (Returns the acquire's coroutine: no frame of its own on the hot path.)"""
+        return self._permits.acquire(plan, amounts, priority=priority, tenant=tenant,
+                                     cost=cost, timeout=timeout)
 
     async def _reachable(self) -> bool:
         """Whether Redis answers now (one heartbeat: it also wakes waiters granted while

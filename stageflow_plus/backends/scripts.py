@@ -58,19 +58,24 @@ def eval_source(entry: str) -> str:
     return "\n".join(lines) + f"\nreturn {entry}(KEYS, ARGV)\n"
 
 
+_BULKS: dict[str | int, bytes] = {}  # encoded arguments that repeat (not lease ids)
+_MAX_BULKS = 4096
+
+
 class Plan:
     """Everything calls of one shape send: keys, caps, bucket shapes, encoded once.
 
     :ivar pools: the pools (as given).
     :ivar buckets: the buckets (their amounts are those of the call that made the plan).
+    :ivar dimensions: each bucket's dimension (``"requests"``, ``"tokens"``...).
     :ivar pool_keys: the pools' Redis keys.
     :ivar text: the plan argument (JSON) the server parses once and keeps.
     :ivar generation: the backend's queue settings it was made with (see
         :meth:`~stageflow_plus.backends.redis.RedisBackend.configure_queue`).
     """
 
-    __slots__ = ("buckets", "generation", "heads", "pauses", "pool_keys", "pools", "queue_key",
-                 "tail", "text")
+    __slots__ = ("buckets", "dimensions", "generation", "heads", "pauses", "pool_keys", "pools",
+                 "queue_key", "tail", "text")
 
     def __init__(self, *, prefix: str, aging_ms: str, process: str, ttl_ms: int,
                  pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
@@ -78,6 +83,7 @@ class Plan:
         self.generation = generation
         self.pools = tuple(pools)
         self.buckets = tuple(buckets)
+        self.dimensions = tuple(b.dimension for b in self.buckets)  # (a property: parsed once)
         self.pauses = tuple(pauses)
         self.pool_keys = tuple(f"{prefix}pool:{p.key}" for p in pools)
         self.queue_key = f"{prefix}q:wait"
@@ -142,9 +148,15 @@ class Library:
             head = plan.heads[shape] = (b"*%d\r\n" % (5 + len(args)) + self._heads[entry]
                                         + plan.tail)
         out = [head]
+        bulks = _BULKS
         for arg in args:
-            data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            bulk = bulks.get(arg)
+            if bulk is None:
+                data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+                bulk = b"$%d\r\n%s\r\n" % (len(data), data)
+                if len(bulks) < _MAX_BULKS and not (isinstance(arg, str) and ":" in arg):
+                    bulks[arg] = bulk  # modes, tenants, costs, amounts: few, repeated
+            out.append(bulk)
         return b"".join(out)
 
     def call(self, entry: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
