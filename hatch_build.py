@@ -181,10 +181,18 @@ class AccelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
 
     @staticmethod
     def _clear_tree(root: Path, modules: list[str]) -> None:
-        """Remove in-place extensions and the build record (any Python, any build)."""
+        """Remove in-place extensions and the build record (any Python, any build).
+
+        Every extension module beside a ``.py`` source goes, listed in ``modules`` or not:
+        one left from a build that compiled a module no longer listed would shadow its
+        source (Python imports an extension before a ``.py``) and fail to load from the
+        new shared library."""
         for module in modules:
             base = _source(root, module)
             for old in base.parent.glob(base.stem + ".*.so"):
+                old.unlink()
+        for old in (root / PACKAGE).rglob("*.so"):
+            if old.with_name(old.name.split(".", 1)[0] + ".py").exists():
                 old.unlink()
         for old in root.glob(f"{GROUP}__mypyc.*.so"):
             old.unlink()

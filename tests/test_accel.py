@@ -298,3 +298,26 @@ def test_a_pure_editable_build_takes_an_earlier_build_out_of_the_tree(
     monkeypatch.setenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", "1")
     with pytest.raises(RuntimeError, match="REQUIRE_COMPILED is set, but STAGEFLOW_PLUS_PURE"):
         hook.initialize("standard", {})
+
+
+def test_an_editable_build_takes_out_the_extension_of_a_module_no_longer_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an extension beside a source shadows it: one from a build that compiled more modules
+    # would be imported instead of the .py and fail against the new shared library
+    hatch_build = _hook_module()
+    package = tmp_path / "stageflow_plus"
+    (package / "backends").mkdir(parents=True)
+    (package / "_accel.py").write_text((ROOT / "stageflow_plus" / "_accel.py").read_text())
+    (package / "backends" / "resp.py").write_text("")
+    stale = package / "backends" / f"resp{EXT}"
+    stale.write_bytes(b"")
+    unrelated = package / "backends" / f"vendored{EXT}"  # no source beside it: not ours
+    unrelated.write_bytes(b"")
+    monkeypatch.setenv("STAGEFLOW_PLUS_PURE", "1")
+    monkeypatch.delenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", raising=False)
+    hook = hatch_build.AccelBuildHook(str(tmp_path), {}, None, None, str(tmp_path / "out"),
+                                      "wheel")
+    hook.initialize("editable", {})
+    assert not stale.exists()
+    assert unrelated.exists()
