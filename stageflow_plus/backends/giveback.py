@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -99,21 +100,22 @@ class GiveBack:
         b = self._backend
         conn = b._conn
         if conn is not None and conn.ready:
-            with contextlib.suppress(RedisError):  # (closed meanwhile: retried below)
+            try:
                 conn.send_nowait(b._library.command("release", plan, args),
-                                 self._released(plan, args))
+                                 functools.partial(self._released, plan, args))
+            except RedisError:  # (closed meanwhile: retried below)
+                pass
+            else:
                 b._counts["round_trips"] += 1
                 return
         self.release_later(plan, args)
 
-    def _released(self, plan: Plan, args: Sequence[Any]) -> Any:
-        def answered(reply: Any) -> None:
-            if isinstance(reply, BaseException):
-                self.release_later(plan, args)
-            elif isinstance(reply, list):
-                self._backend._schedule(reply[1:])
-
-        return answered
+    def _released(self, plan: Plan, args: Sequence[Any], reply: Any) -> None:
+        """The answer of a release written by :meth:`send_release`."""
+        if isinstance(reply, BaseException):
+            self.release_later(plan, args)
+        elif isinstance(reply, list):
+            self._backend._schedule(reply[1:])
 
     def abandon(self, member: str, pool_keys: Sequence[str]) -> None:
         """A blind cancel (with tombstone), retried until it lands."""

@@ -64,7 +64,7 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
     if end < 0:
         raise _Incomplete
     kind = buf[pos]
-    line = bytes(buf[pos + 1:end])
+    line = buf[pos + 1:end]  # (int() reads a bytearray as it is: no copy to bytes)
     pos = end + 2
     if kind == 36:  # $
         size = int(line)
@@ -85,7 +85,7 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
     if kind == 58:  # :
         return int(line), pos
     if kind == 43:  # +
-        return line, pos
+        return bytes(line), pos
     if kind == 45:  # -
         return ResponseError(line.decode(errors="replace")), pos
     raise RedisConnectionError(f"unexpected reply type {chr(kind)!r}")
