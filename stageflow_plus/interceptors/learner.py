@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from ..llm.answers import read_answer
+from ..llm.answers import _headerless, read_answer
 from ..llm.headers import LimitState, RateLimitHeaders, parse_rate_limit_headers
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
@@ -208,6 +208,8 @@ class RateLimitHeaderLearner(LimitPart):
         if self._headers_of is not None:
             headers = self._headers_of(outcome)
             info = parse_rate_limit_headers(headers, self._wall()) if headers else None
+        elif _headerless(outcome):  # most answers: no headers, nothing to build
+            info = None
         else:
             answer = read_answer(outcome, now=self._wall())
             info = answer.limits if answer is not None else None
