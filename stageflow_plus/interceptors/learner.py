@@ -173,6 +173,20 @@ class RateLimitHeaderLearner(LimitPart):
         return dict(self._published.get(key, {}))
 
     # the gate's hooks -------------------------------------------------------------------
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """The global key's in-flight counters once they exist (a rate limiter keyed
+        ``"global"``, every tool learned from, no probe pending): ``requests`` counting 1,
+        every other dimension the call's estimate — what :meth:`add_demands` appends."""
+        if type(self).add_demands is not RateLimitHeaderLearner.add_demands or (
+            self._tools is not None or self._limiter.demand_template() is None
+        ):
+            return None  # (the rate limiter has a template: its key is global, "*")
+        taps = self._in_flight.get("*")
+        if taps is None or (self._probe and "*" not in self._published):
+            return None  # made by the first call; a probing key also needs its probe pool
+        return tuple((tap, None if dimension == "requests" else dimension)
+                     for dimension, tap in taps.items())
+
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         if self._tools is not None and call.tool not in self._tools:
             return
@@ -183,6 +197,7 @@ class RateLimitHeaderLearner(LimitPart):
                 b.dimension: _InFlight(f"in_flight:{key}:{b.dimension}")
                 for b in self._limiter.buckets_for(key, now)
             }
+            self.demands_changed()  # the global key's counters: a template from now on
         cost = call.cost
         for dimension, tap in taps.items():
             out.append((tap, 1.0 if dimension == "requests" else float(cost.get(dimension, 0.0))))
@@ -323,6 +338,7 @@ class RateLimitHeaderLearner(LimitPart):
         self._unheard.pop(key, None)
         if pool is not None:
             pool.capacity = _OPEN  # calls already queued on it go at the learned rates
+            self.demands_changed()  # new calls need no probe pool (a template, if global)
             self._limiter.gate.limiter.dispatch()
 
     def _pause_if_empty(self, state: LimitState | None, published: Mapping[str, float],
