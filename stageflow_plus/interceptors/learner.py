@@ -209,8 +209,11 @@ class RateLimitHeaderLearner(LimitPart):
         out.append((pool, 1.0))
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
-        if result is not None:
-            self._look(call, result, lease)
+        if result is None or (
+            self._headers_of is None and not self._probes and _headerless(result)
+        ):
+            return  # no headers, and no probing key counting answers without them
+        self._look(call, result, lease)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if not isinstance(error, Rejected):
