@@ -38,6 +38,7 @@ from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import ConcurrencyPool, Rate, Resource
 from .call import ToolCall
+from .in_flight import InFlight
 from .part import LimitPart
 from .rate import TokenBucketRateLimiter
 
@@ -46,42 +47,6 @@ __all__ = ["RateLimitHeaderLearner", "default_headers_of"]
 logger = logging.getLogger("stageflow_plus")
 
 _OPEN = 1_000_000_000  # a probe pool's capacity once its key is learned
-
-
-class _InFlight(Resource):
-    """Counts what calls in flight were charged in one dimension (``take`` at admission,
-    ``release``/``refund`` at the end); it never refuses anybody."""
-
-    __slots__ = ("amount",)
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.amount = 0.0
-
-    def max_amount(self) -> float:
-        return math.inf
-
-    def available(self, amount: float, now: float) -> bool:
-        return True
-
-    def try_take(self, amount: float, now: float) -> bool:
-        self.amount += amount
-        return True
-
-    def take(self, amount: float, now: float) -> None:
-        self.amount += amount
-
-    def ready_at(self, amount: float, now: float) -> float:
-        return now
-
-    def release(self, amount: float, now: float, held_for: float) -> None:
-        self.amount -= amount
-
-    def refund(self, amount: float, now: float) -> None:
-        self.amount -= amount
-
-    def estimate_wait(self, amount: float, now: float) -> float:
-        return 0.0
 
 
 def default_headers_of(outcome: Any) -> Mapping[str, str] | None:
@@ -164,7 +129,7 @@ class RateLimitHeaderLearner(LimitPart):
         self._published: dict[str, dict[str, float]] = {}  # key -> dimension -> limit/min
         self._probes: dict[str, ConcurrencyPool] = {}  # keys still probing
         self._unheard: dict[str, int] = {}  # key -> answers without headers while probing
-        self._in_flight: dict[str, dict[str, _InFlight]] = {}  # key -> dimension -> charged
+        self._in_flight: dict[str, dict[str, InFlight]] = {}  # key -> dimension -> charged
         #: how many times rates were re-set (for tests and statistics)
         self.updates = 0
 
@@ -194,7 +159,7 @@ class RateLimitHeaderLearner(LimitPart):
         taps = self._in_flight.get(key)
         if taps is None:
             taps = self._in_flight[key] = {
-                b.dimension: _InFlight(f"in_flight:{key}:{b.dimension}")
+                b.dimension: InFlight(f"in_flight:{key}:{b.dimension}")
                 for b in self._limiter.buckets_for(key, now)
             }
             self.demands_changed()  # the global key's counters: a template from now on
