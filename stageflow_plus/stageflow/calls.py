@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from ..interceptors.call import _EMPTY, ToolCall, check_cost
 from .scope import _current
 
-_MAX = sys.float_info.max
+_MAX: Final = sys.float_info.max
 
 __all__ = ["CostEstimator", "build_call", "make_call"]
 

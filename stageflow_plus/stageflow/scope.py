@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..interceptors.call import _EMPTY, check_limits
 from ..primitives.errors import ConfigError
@@ -122,7 +122,9 @@ def _check_scope(
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(CallScope))
 
-_current: ContextVar[CallScope | None] = ContextVar("stageflow_plus_call_scope", default=None)
+# (Final: compiled code reads these per call from a static, not the module's dict)
+_current: Final[ContextVar[CallScope | None]] = ContextVar("stageflow_plus_call_scope",
+                                                          default=None)
 
 
 def current_scope() -> CallScope | None:
@@ -158,7 +160,7 @@ class _Keep:
     __slots__ = ()
 
 
-_KEEP: Any = _Keep()
+_KEEP: Final[Any] = _Keep()
 
 
 def call_scope(
@@ -213,7 +215,7 @@ def call_scope(
     ))
 
 
-_NO_SCOPE = CallScope()
+_NO_SCOPE: Final = CallScope()
 
 
 def _set(scope: CallScope | None) -> object:
