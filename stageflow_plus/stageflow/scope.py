@@ -154,13 +154,8 @@ class ScopeBlock:
             _current.reset(token)
 
 
-class _Keep:
-    """The default of :func:`call_scope`'s fields: keep the current scope's value."""
-
-    __slots__ = ()
-
-
-_KEEP: Final[Any] = _Keep()
+_KEEP: Final[Any] = object()
+"""The default of :func:`call_scope`'s fields: keep the current scope's value."""
 
 
 def call_scope(
