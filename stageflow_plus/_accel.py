@@ -59,6 +59,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "stageflow_plus.primitives.limiter",
     "stageflow_plus.interceptors.call",
     "stageflow_plus.interceptors.gate",
+    "stageflow_plus.interceptors.in_flight",
     "stageflow_plus.stageflow.scope",
     "stageflow_plus.stageflow.calls",
 )

@@ -265,7 +265,13 @@ class StageflowPlusStrategy(Strategy):
 
 
 class _Quiet:
-    """A limiter listener that drops events (the benchmark measures, it does not log)."""
+    """A limiter listener that drops events (the benchmark measures, it does not log).
+
+    Like the default ``LoggingListener`` (whose per-call events are DEBUG), it asks for no
+    event of a call admitted without waiting (``immediate_events = False``).
+    """
+
+    immediate_events = False
 
     def on_queued(self, info: Any, depth: int) -> None:
         """Ignored."""

@@ -32,12 +32,13 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from ..llm.answers import read_answer
+from ..llm.answers import _headerless, read_answer
 from ..llm.headers import LimitState, RateLimitHeaders, parse_rate_limit_headers
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import ConcurrencyPool, Rate, Resource
 from .call import ToolCall
+from .in_flight import InFlight
 from .part import LimitPart
 from .rate import TokenBucketRateLimiter
 
@@ -46,42 +47,6 @@ __all__ = ["RateLimitHeaderLearner", "default_headers_of"]
 logger = logging.getLogger("stageflow_plus")
 
 _OPEN = 1_000_000_000  # a probe pool's capacity once its key is learned
-
-
-class _InFlight(Resource):
-    """Counts what calls in flight were charged in one dimension (``take`` at admission,
-    ``release``/``refund`` at the end); it never refuses anybody."""
-
-    __slots__ = ("amount",)
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.amount = 0.0
-
-    def max_amount(self) -> float:
-        return math.inf
-
-    def available(self, amount: float, now: float) -> bool:
-        return True
-
-    def try_take(self, amount: float, now: float) -> bool:
-        self.amount += amount
-        return True
-
-    def take(self, amount: float, now: float) -> None:
-        self.amount += amount
-
-    def ready_at(self, amount: float, now: float) -> float:
-        return now
-
-    def release(self, amount: float, now: float, held_for: float) -> None:
-        self.amount -= amount
-
-    def refund(self, amount: float, now: float) -> None:
-        self.amount -= amount
-
-    def estimate_wait(self, amount: float, now: float) -> float:
-        return 0.0
 
 
 def default_headers_of(outcome: Any) -> Mapping[str, str] | None:
@@ -164,7 +129,7 @@ class RateLimitHeaderLearner(LimitPart):
         self._published: dict[str, dict[str, float]] = {}  # key -> dimension -> limit/min
         self._probes: dict[str, ConcurrencyPool] = {}  # keys still probing
         self._unheard: dict[str, int] = {}  # key -> answers without headers while probing
-        self._in_flight: dict[str, dict[str, _InFlight]] = {}  # key -> dimension -> charged
+        self._in_flight: dict[str, dict[str, InFlight]] = {}  # key -> dimension -> charged
         #: how many times rates were re-set (for tests and statistics)
         self.updates = 0
 
@@ -173,6 +138,20 @@ class RateLimitHeaderLearner(LimitPart):
         return dict(self._published.get(key, {}))
 
     # the gate's hooks -------------------------------------------------------------------
+    def demand_template(self) -> tuple[tuple[Resource, str | None], ...] | None:
+        """The global key's in-flight counters once they exist (a rate limiter keyed
+        ``"global"``, every tool learned from, no probe pending): ``requests`` counting 1,
+        every other dimension the call's estimate — what :meth:`add_demands` appends."""
+        if type(self).add_demands is not RateLimitHeaderLearner.add_demands or (
+            self._tools is not None or self._limiter.demand_template() is None
+        ):
+            return None  # (the rate limiter has a template: its key is global, "*")
+        taps = self._in_flight.get("*")
+        if taps is None or (self._probe and "*" not in self._published):
+            return None  # made by the first call; a probing key also needs its probe pool
+        return tuple((tap, None if dimension == "requests" else dimension)
+                     for dimension, tap in taps.items())
+
     def add_demands(self, call: ToolCall, now: float, out: list[tuple[Resource, float]]) -> None:
         if self._tools is not None and call.tool not in self._tools:
             return
@@ -180,9 +159,10 @@ class RateLimitHeaderLearner(LimitPart):
         taps = self._in_flight.get(key)
         if taps is None:
             taps = self._in_flight[key] = {
-                b.dimension: _InFlight(f"in_flight:{key}:{b.dimension}")
+                b.dimension: InFlight(f"in_flight:{key}:{b.dimension}")
                 for b in self._limiter.buckets_for(key, now)
             }
+            self.demands_changed()  # the global key's counters: a template from now on
         cost = call.cost
         for dimension, tap in taps.items():
             out.append((tap, 1.0 if dimension == "requests" else float(cost.get(dimension, 0.0))))
@@ -194,8 +174,11 @@ class RateLimitHeaderLearner(LimitPart):
         out.append((pool, 1.0))
 
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
-        if result is not None:
-            self._look(call, result, lease)
+        if result is None or (
+            self._headers_of is None and not self._probes and _headerless(result)
+        ):
+            return  # no headers, and no probing key counting answers without them
+        self._look(call, result, lease)
 
     def after_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         if not isinstance(error, Rejected):
@@ -208,6 +191,8 @@ class RateLimitHeaderLearner(LimitPart):
         if self._headers_of is not None:
             headers = self._headers_of(outcome)
             info = parse_rate_limit_headers(headers, self._wall()) if headers else None
+        elif _headerless(outcome):  # most answers: no headers, nothing to build
+            info = None
         else:
             answer = read_answer(outcome, now=self._wall())
             info = answer.limits if answer is not None else None
@@ -321,6 +306,7 @@ class RateLimitHeaderLearner(LimitPart):
         self._unheard.pop(key, None)
         if pool is not None:
             pool.capacity = _OPEN  # calls already queued on it go at the learned rates
+            self.demands_changed()  # new calls need no probe pool (a template, if global)
             self._limiter.gate.limiter.dispatch()
 
     def _pause_if_empty(self, state: LimitState | None, published: Mapping[str, float],

@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..llm.answers import read_answer
+from ..llm.answers import _DATA_ONLY, read_answer
 from ..primitives.errors import ConfigError, Rejected
 from ..primitives.lease import Lease
 from ..primitives.resources import Resource
@@ -42,10 +42,8 @@ __all__ = ["DEFAULT_MAX_PAUSE", "PAUSE_KEYS", "PauseGate", "ProviderPause", "che
 logger = logging.getLogger("stageflow_plus")
 
 _PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
-_DATA_ONLY: set[type] = set()
-"""Result types (exactly these, not subclasses) whose provider answer can only be in their
-``data`` mapping: Stageflow's ``ToolOutput`` classes (``stageflow_plus.stageflow.tools``
-adds them). A success of one without a ``data`` mapping has nothing to read."""
+# (_DATA_ONLY, from the answers module: a success of one of these result types without a
+# ``data`` mapping has nothing to read)
 
 DEFAULT_MAX_PAUSE = 60.0
 """The default cap of a provider pause, in seconds."""

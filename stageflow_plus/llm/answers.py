@@ -53,6 +53,11 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 _PLAIN = frozenset({str, bytes, int, float, bool, list, tuple, dict, type(None)})
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_DATA_ONLY: set[type] = set()
+"""Result types (exactly these, not subclasses) whose provider answer can only be in their
+``data`` mapping: they have no ``response``, ``headers``, ``status_code``, ``status`` or
+``retry_after`` attribute. Stageflow's ``ToolOutput`` classes (``stageflow_plus.stageflow.
+tools`` adds them: this module imports no Stageflow module)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +218,27 @@ def read_answer(outcome: Any, *, now: float | None = None) -> ProviderAnswer | N
     except Exception:  # a hostile object (a property that raises): no answer
         return None
     return None
+
+
+def _headerless(outcome: Any) -> bool:
+    """``True`` when ``outcome`` surely carries no rate-limit headers: a dict, or a result of
+    a :data:`_DATA_ONLY` type, whose data holds neither ``headers`` nor a raw ``response``
+    (or that has no data). Then ``read_answer(outcome)`` finds no limits (``None``, or an
+    answer with empty ``limits``) and need not run. ``False`` means: read the answer.
+
+    The learner's fast path: most answers carry no headers, and reading one builds a
+    :class:`ProviderAnswer` for nothing.
+    """
+    kind = type(outcome)
+    if kind is dict:
+        data: Any = outcome
+    elif kind in _DATA_ONLY:
+        data = outcome.data
+        if data is None:
+            return True
+    else:
+        return outcome is None
+    return type(data) is dict and "headers" not in data and "response" not in data
 
 
 def default_retry_after(outcome: Any) -> float | None:

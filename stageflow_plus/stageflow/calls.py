@@ -11,11 +11,14 @@ compiled in the accelerated build (it imports no Stageflow module).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from ..interceptors.call import _EMPTY, ToolCall, check_cost
 from .scope import _current
+
+_MAX: Final = sys.float_info.max
 
 __all__ = ["CostEstimator", "build_call", "make_call"]
 
@@ -62,6 +65,17 @@ class _Fixed:
         return self.at
 
 
+def _plain_cost(cost: Any) -> bool:
+    """A dict of str to finite floats >= 0: what ``check_cost`` passes, checked without
+    building its message (anything else goes to ``check_cost``, which says what is wrong)."""
+    if type(cost) is not dict:
+        return False
+    for name, value in cost.items():
+        if type(name) is not str or type(value) is not float or not 0.0 <= value <= _MAX:
+            return False
+    return True
+
+
 def make_call(
     action: Any,
     ctx: Any,
@@ -95,7 +109,8 @@ def make_call(
     if cost_of is not None:
         estimate = cost_of(tool, payload)
         if estimate is not None:
-            cost = check_cost(estimate, "cost_of()", f" for tool {tool!r}")
+            cost = estimate if _plain_cost(estimate) else check_cost(
+                estimate, "cost_of()", f" for tool {tool!r}")
     if scope is not None:
         default = scope.cost
         if default is not _EMPTY:

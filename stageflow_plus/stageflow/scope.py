@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..interceptors.call import _EMPTY, check_limits
 from ..primitives.errors import ConfigError
@@ -122,7 +122,9 @@ def _check_scope(
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(CallScope))
 
-_current: ContextVar[CallScope | None] = ContextVar("stageflow_plus_call_scope", default=None)
+# (Final: compiled code reads these per call from a static, not the module's dict)
+_current: Final[ContextVar[CallScope | None]] = ContextVar("stageflow_plus_call_scope",
+                                                          default=None)
 
 
 def current_scope() -> CallScope | None:
@@ -146,13 +148,30 @@ class ScopeBlock:
         self._token = _current.set(self.scope)
         return self.scope
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
         token = self._token
         if token is not None:
             _current.reset(token)
 
 
-def call_scope(scope: CallScope | None = None, **fields: Any) -> ScopeBlock:
+_KEEP: Final[Any] = object()
+"""The default of :func:`call_scope`'s fields: keep the current scope's value."""
+
+
+def call_scope(
+    scope: CallScope | None = None,
+    *,
+    run_id: Any = _KEEP,
+    tenant: Any = _KEEP,
+    priority: Any = _KEEP,
+    deadline: Any = _KEEP,
+    limits: Any = _KEEP,
+    stage: Any = _KEEP,
+    max_wait: Any = _KEEP,
+    cost: Any = _KEEP,
+    completed: Any = _KEEP,
+    **unknown: Any,
+) -> ScopeBlock:
     """Set a :class:`CallScope` for the block; the previous one is back after it.
 
     * ``call_scope(**fields)`` merges: the fields given replace those of the scope already
@@ -161,33 +180,37 @@ def call_scope(scope: CallScope | None = None, **fields: Any) -> ScopeBlock:
     * ``call_scope(scope)`` replaces the current scope with ``scope`` as it is (with
       ``fields``, they are applied over ``scope``).
 
+    The fields are those of :class:`CallScope` (keyword-only).
+
     :raises ConfigError: an unknown field or a value of the wrong type (when called).
     """
-    if not _FIELDS.issuperset(fields):
-        unknown = sorted(set(fields) - _FIELDS)
-        raise ConfigError(f"call_scope: unknown field {unknown[0]!r} "
+    # (the fields are parameters, not **fields: no dict is built and read per block)
+    if unknown:
+        raise ConfigError(f"call_scope: unknown field {sorted(unknown)[0]!r} "
                           f"(known: {', '.join(sorted(_FIELDS))})")
     if scope is not None and not isinstance(scope, CallScope):
         raise ConfigError(f"call_scope: scope must be a CallScope, got {scope!r}")
     base = scope if scope is not None else _current.get()
-    if not fields and base is not None:
-        return ScopeBlock(base)
     if base is None:
         base = _NO_SCOPE
+    elif (run_id is _KEEP and tenant is _KEEP and priority is _KEEP and deadline is _KEEP
+          and limits is _KEEP and stage is _KEEP and max_wait is _KEEP and cost is _KEEP
+          and completed is _KEEP):
+        return ScopeBlock(base)
     return ScopeBlock(CallScope(
-        fields.get("run_id", base.run_id),
-        fields.get("tenant", base.tenant),
-        fields.get("priority", base.priority),
-        fields.get("deadline", base.deadline),
-        fields.get("limits", base.limits),
-        fields.get("stage", base.stage),
-        fields.get("max_wait", base.max_wait),
-        fields.get("cost", base.cost),
-        fields.get("completed", base.completed),
+        base.run_id if run_id is _KEEP else run_id,
+        base.tenant if tenant is _KEEP else tenant,
+        base.priority if priority is _KEEP else priority,
+        base.deadline if deadline is _KEEP else deadline,
+        base.limits if limits is _KEEP else limits,
+        base.stage if stage is _KEEP else stage,
+        base.max_wait if max_wait is _KEEP else max_wait,
+        base.cost if cost is _KEEP else cost,
+        base.completed if completed is _KEEP else completed,
     ))
 
 
-_NO_SCOPE = CallScope()
+_NO_SCOPE: Final = CallScope()
 
 
 def _set(scope: CallScope | None) -> object:

@@ -30,7 +30,7 @@ from stageflow.tools.executor import ToolExecutorResult
 
 from ..interceptors.call import ToolCall
 from ..interceptors.chain import ToolCallChain
-from ..interceptors.pause import _DATA_ONLY
+from ..llm.answers import _DATA_ONLY
 from ..primitives.errors import ConfigError
 from .calls import CostEstimator, build_call, make_call
 from .events import StageflowEventListener
@@ -46,7 +46,7 @@ __all__ = [
 
 logger = logging.getLogger("stageflow_plus.tools")
 
-_DATA_ONLY.update((ToolOutput, AdvancedToolOutput))  # ProviderPause skips their empty successes
+_DATA_ONLY.update((ToolOutput, AdvancedToolOutput))  # answers only in their data
 
 def _clock(chain: ToolCallChain) -> Callable[[], float] | None:
     gate = chain.gate

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stageflow_plus import (
     ConcurrencyLimiter,
@@ -227,3 +229,34 @@ async def test_a_call_whose_deadline_has_passed_is_refused_even_with_capacity_fr
         await limiter.acquire([(bucket, 1.0)], timeout=math.nan)
     assert bucket.level(10.0) == 5 and limiter.statistics().in_flight == 0
 
+
+
+_cost_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3),
+                         st.booleans(), st.none(), st.text(max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.dictionaries(st.one_of(st.text(max_size=5), st.integers(0, 3)),
+                                 _cost_values, max_size=4),
+                 st.lists(st.floats(), max_size=2), st.none()))
+def test_the_fast_cost_check_agrees_with_check_cost(estimate: Any) -> None:
+    # make_call skips building check_cost's message for a plain dict of floats; it must
+    # accept and refuse exactly what check_cost does
+    from stageflow_plus.interceptors.call import check_cost
+    from stageflow_plus.stageflow.calls import _plain_cost, make_call
+    from stageflow_plus.testing import SimpleAction
+
+    try:
+        check_cost(estimate, "cost_of()", " for tool 'search'")
+        expected: str | None = None
+    except ConfigError as error:
+        expected = str(error)
+    if _plain_cost(estimate):
+        assert expected is None
+    action = SimpleAction("search", {})
+    try:
+        call = make_call(action, {}, lambda tool, payload: estimate, None)
+    except ConfigError as error:
+        assert estimate is not None and str(error) == expected
+    else:
+        assert estimate is None or (expected is None and call.cost == estimate)

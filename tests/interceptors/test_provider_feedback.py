@@ -195,3 +195,40 @@ async def test_probe_keeps_one_call_in_flight_until_the_first_headers() -> None:
     assert in_flight == [4, 4] and learner.learned("*") == {"requests": 6000.0}
     later.set()
     await asyncio.gather(*calls)
+
+
+def _asked(chain: ToolCallChain, call: ToolCall) -> list[tuple[Any, float]]:
+    """The demands every part appends itself (the path without templates)."""
+    assert chain.gate is not None
+    out: list[Any] = []
+    for part in chain.gate._demanders:
+        part.add_demands(call, chain.now(), out)
+    return out
+
+
+@pytest.mark.parametrize("probe", [False, True])
+async def test_learner_template_is_what_it_would_append(probe: bool) -> None:
+    clock = ManualClock()
+    limiter = TokenBucketRateLimiter(
+        [Rate(600, per=60, burst=10), Rate(6000, per=60, dimension="tokens")], key="global")
+    learner = RateLimitHeaderLearner(limiter, safety=1.0, probe=probe)
+    chain = ToolCallChain([limiter, learner], clock=clock)
+    assert learner.demand_template() is None  # no counters before the first call
+    call = ToolCall("t", cost={"tokens": 7.0})
+    await chain.run(call, _ok({}))
+    assert chain.gate is not None and chain.gate.demands_of(call) == _asked(chain, call)
+    probe_pools = [r for r, _ in chain.gate.demands_of(call) if r.key.startswith("probe:")]
+    assert (learner.demand_template() is None) is probe and len(probe_pools) == int(probe)
+    used = chain.gate._templates[chain.gate._demanders.index(learner)]
+    assert (used is None) is probe  # the gate uses it from the first call on
+    await chain.run(call, _ok({"headers": {"x-ratelimit-limit-requests": "240"}}))
+    template = learner.demand_template()  # learned: no probe pool, the counters only
+    assert template is not None and [d for _, d in template] == [None, "tokens"]
+    assert chain.gate._templates[chain.gate._demanders.index(learner)] == template
+    assert chain.gate.demands_of(call) == _asked(chain, call)
+    assert [a for r, a in chain.gate.demands_of(call) if r.key.startswith("in_flight")] == [
+        1.0, 7.0]
+    per_tool = TokenBucketRateLimiter(Rate(60, per=60), key="tool")
+    keyed = RateLimitHeaderLearner(per_tool)
+    await ToolCallChain([per_tool, keyed], clock=clock).run(call, _ok({}))
+    assert keyed.demand_template() is None  # a per-tool key: asked per call

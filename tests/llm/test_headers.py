@@ -177,3 +177,30 @@ def test_read_answer_takes_anything(value: Any) -> None:
     assert answer is None or _finite_nonnegative(answer.retry_after)
     seconds = default_retry_after({"retry_after": value, "status": 429})
     assert _finite_nonnegative(seconds)
+
+
+_keys = st.sampled_from(["status", "status_code", "headers", "retry_after", "retry_after_ms",
+                         "response", "sent_at", "text"])
+_values = st.one_of(st.none(), st.integers(-5, 700), st.floats(), st.text(max_size=12),
+                    st.dictionaries(_names, _text, max_size=3),
+                    st.builds(_Response, st.sampled_from([200, 429, 503]),
+                              st.dictionaries(_names, _text, max_size=3)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=5), st.booleans())
+def test_headerless_answers_carry_no_limits(data: dict[str, Any], wrapped: bool) -> None:
+    # the learner's fast path: an outcome _headerless calls so has no limits to read
+    from stageflow.tools.base import ToolOutput
+
+    import stageflow_plus.stageflow.tools  # noqa: F401  (registers ToolOutput as data-only)
+    from stageflow_plus.llm.answers import _headerless
+
+    outcome: Any = ToolOutput(success=True, data=data) if wrapped else data
+    if _headerless(outcome):
+        answer = read_answer(outcome)
+        assert answer is None or not answer.limits.dimensions
+    assert _headerless(ToolOutput(success=True, data=None))
+    assert not _headerless(_Response(200, {"x-ratelimit-limit-requests": "10"}))
+    if "headers" in data or "response" in data:
+        assert not _headerless(outcome)

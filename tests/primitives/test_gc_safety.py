@@ -34,6 +34,7 @@ from stageflow_plus import (
     _accel,
 )
 from stageflow_plus.interceptors.gate import AdmissionGate
+from stageflow_plus.interceptors.in_flight import InFlight
 from stageflow_plus.primitives import (
     ConcurrencyPool,
     FifoOrdering,
@@ -168,6 +169,7 @@ def _instances() -> dict[type, Callable[[], Any]]:
         ),
         ScopeBlock: lambda: ScopeBlock(CallScope(run_id="run-2")),
         _Fixed: lambda: _Fixed(3.0),
+        InFlight: lambda: InFlight("in_flight:*:tokens"),
         ToolCall: lambda: ToolCall(
             "search", {"q": "x"}, object(), "run-1", "acme", 2, {"tokens": 5.0}, 9.0,
             {"ctx": 1}, {"concurrency": 2},

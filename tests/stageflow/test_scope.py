@@ -84,3 +84,18 @@ def test_a_block_restores_the_previous_scope_on_error_and_enters_once() -> None:
     assert current_scope() is None
     with pytest.raises(RuntimeError, match="entered only once"), block:
         pass
+
+
+def test_call_scope_takes_every_field_of_a_scope_by_keyword() -> None:
+    from stageflow_plus.stageflow.scope import _FIELDS
+
+    fields: dict[str, Any] = {"run_id": "r", "tenant": "t", "priority": 3, "deadline": 9.0,
+                              "limits": {"concurrency": 2}, "stage": "s", "max_wait": 1.5,
+                              "cost": {"tokens": 4.0}, "completed": []}
+    assert set(fields) == _FIELDS  # (a field added to CallScope needs its parameter here)
+    with call_scope(**fields) as scope:
+        assert {name: getattr(scope, name) for name in fields} == fields
+        with call_scope() as same, call_scope(run_id=None) as cleared:
+            assert same is scope and cleared.run_id is None and cleared.tenant == "t"
+    with call_scope() as empty:
+        assert empty == CallScope()

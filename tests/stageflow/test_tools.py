@@ -17,6 +17,7 @@ from stageflow.tools.definitions import ToolOutput as AdvancedOutput
 from stageflow_plus import (
     Backpressure,
     ConcurrencyLimiter,
+    ConfigError,
     LimitedAdvancedToolExecutor,
     LimitedToolExecutor,
     LimitedToolRegistry,
@@ -106,6 +107,21 @@ async def test_registration_is_shared_and_unknown_types_bypass_limits() -> None:
     assert registry.can_execute("SLOW")
     missing = await limited.execute(SimpleAction("NOPE"), {})
     assert missing is not None and not missing.success
+    stats = limited.chain.statistics()
+    assert stats is not None and stats.admitted == 0
+
+
+async def test_a_bad_call_is_raised_when_awaited_like_from_a_coroutine_function() -> None:
+    registry = ToolRegistry()
+    registry.register(GateTool(ConcurrencyProbe(), asyncio.Event()))
+    limited = LimitedToolRegistry(ToolCallChain([ConcurrencyLimiter(1)]), registry,
+                                  cost_of=lambda tool, payload: {"tokens": -1.0})
+    pending = limited.execute(SimpleAction("SLOW", {"n": 1}), {})  # nothing raised yet
+    with pytest.raises(ConfigError, match=r"cost_of\(\)\['tokens'\] for tool 'SLOW'"):
+        await pending
+    outcomes = await asyncio.gather(limited.execute(SimpleAction("SLOW", {"n": 2}), {}),
+                                    limited.execute(object(), {}), return_exceptions=True)
+    assert isinstance(outcomes[0], ConfigError) and isinstance(outcomes[1], AttributeError)
     stats = limited.chain.statistics()
     assert stats is not None and stats.admitted == 0
 
