@@ -331,5 +331,5 @@ class Limiter(Queueing):
         if self._immediate_events or (self._listener is not None and lease.queued):
             self._listener.on_released(lease.info, held)  # type: ignore[union-attr]
         if self._waiting:
-            self._dispatch()
+            self._dispatch_at(now)
 

@@ -22,6 +22,7 @@ from typing import Any
 from .admission import AdmissionPolicy, Shedding
 from .dispatch import Dispatcher
 from .errors import ConfigError, CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
+from .loop_clock import LoopClock
 from .resources import Resource
 from .waiter import WAITING, Demand, Waiter
 
@@ -84,6 +85,8 @@ class Queueing(Dispatcher):
             evicted = self._make_room(demands, priority, tenant, info, now)
         else:
             evicted = False
+        clock = self._clock  # (the default clock knows the loop without a getpid() call)
+        loop = clock.running_loop() if isinstance(clock, LoopClock) else asyncio.get_running_loop()
         waiter = Waiter(
             demands,
             priority,
@@ -92,7 +95,7 @@ class Queueing(Dispatcher):
             now,
             deadline,
             next(self._seq),
-            asyncio.Future(loop=asyncio.get_running_loop()),  # (create_future: a Python call)
+            asyncio.Future(loop=loop),  # (not loop.create_future: a Python call)
             info,
         )
         self._ordering.push(waiter)
