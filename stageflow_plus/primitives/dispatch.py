@@ -22,7 +22,7 @@ import asyncio
 import heapq
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from .clock import Clock, TimerHandle
 from .errors import CostTooLarge, LimiterClosed, Rejected, WaitTimeout
@@ -33,10 +33,10 @@ from .waiter import WAITING, Demand, Waiter, WaiterState
 
 __all__ = ["Dispatcher"]
 
-GRANTED = WaiterState.GRANTED
-LEFT = WaiterState.LEFT
+GRANTED: Final = WaiterState.GRANTED  # (Final: no dictionary lookup in compiled code)
+LEFT: Final = WaiterState.LEFT
 
-SWEEP_BATCH = 256
+SWEEP_BATCH: Final = 256
 """Cancelled waiters one queue pass takes out before it defers the rest of its work to a
 later event-loop iteration (see :meth:`Dispatcher._defer_pass`)."""
 
