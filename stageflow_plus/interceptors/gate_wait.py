@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..primitives.waiter import Waiter
 
 if TYPE_CHECKING:
+    from ..primitives.lease import Lease
     from .call import Proceed, ToolCall
     from .gate import AdmissionGate
 
@@ -31,14 +32,15 @@ async def admit_then_run(gate: AdmissionGate, call: ToolCall, proceed: Proceed) 
     """``gate(call, proceed)`` for a call that will most likely queue (see the module)."""
     # admission happens in this coroutine's first step, never when it is created: a
     # coroutine that is never run (a task cancelled before it started) holds nothing
-    lease = gate.admit(call)
-    if type(lease) is Waiter:
-        waiter = lease
+    admitted = gate.admit(call)
+    if type(admitted) is Waiter:
         try:
-            lease = await waiter.future
+            lease: Lease = await admitted.future
         except CancelledError:
-            gate.limiter.abandon(waiter)  # leaves the queue or gives the grant back
+            gate.limiter.abandon(admitted)  # leaves the queue or gives the grant back
             raise
+    else:
+        lease = admitted  # type: ignore[assignment]  # (a Lease: admitted at once)
     try:
         result = await proceed(call)
     except Exception as error:
