@@ -267,11 +267,11 @@ class AdmissionGate:
             return admit_then_run(self, call, proceed)
         return self._run(call, proceed)
 
-    def admit(self, call: ToolCall) -> Lease | Waiter:
+    def _admit(self, call: ToolCall) -> Lease | Waiter:
         """Admit ``call`` at once (its :class:`Lease`) or queue it (its :class:`Waiter`:
         ``await waiter.future`` gives the lease; a caller cancelled meanwhile must call
-        ``limiter.abandon(waiter)``). Refusals raise as :meth:`acquire`'s do. For calls
-        without per-run limits (those take :meth:`acquire`)."""
+        ``limiter.abandon(waiter)``). Refusals raise as :meth:`acquire`'s do. Only for calls
+        without per-run limits: ``__call__`` sends those through :meth:`_run`."""
         now = self._now()
         fixed = self._fixed
         demands: Sequence[tuple[Resource, float]] = (
@@ -293,7 +293,7 @@ class AdmissionGate:
             info=call,
         )
 
-    def settle_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+    def _settle_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         """The tool returned ``result``: the observers see it, then the lease is released."""
         try:
             if self._observers:
@@ -301,7 +301,7 @@ class AdmissionGate:
         finally:
             lease.release()
 
-    def settle_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+    def _settle_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
         """The tool raised ``error``: the observers see it, then the lease is released."""
         try:
             if self._observers:

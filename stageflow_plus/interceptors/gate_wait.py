@@ -32,7 +32,7 @@ async def admit_then_run(gate: AdmissionGate, call: ToolCall, proceed: Proceed) 
     """``gate(call, proceed)`` for a call that will most likely queue (see the module)."""
     # admission happens in this coroutine's first step, never when it is created: a
     # coroutine that is never run (a task cancelled before it started) holds nothing
-    admitted = gate.admit(call)
+    admitted = gate._admit(call)
     if type(admitted) is Waiter:
         try:
             lease: Lease = await admitted.future
@@ -44,10 +44,10 @@ async def admit_then_run(gate: AdmissionGate, call: ToolCall, proceed: Proceed) 
     try:
         result = await proceed(call)
     except Exception as error:
-        gate.settle_error(call, lease, error)
+        gate._settle_error(call, lease, error)
         raise  # the tool's own error, whatever an observer did
     except BaseException:
         lease.release()  # cancelled while running: permits come back
         raise
-    gate.settle_result(call, lease, result)
+    gate._settle_result(call, lease, result)
     return result
