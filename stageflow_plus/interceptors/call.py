@@ -19,7 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NoReturn, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 from ..primitives.dimensions import check_dimension
 from ..primitives.errors import ConfigError
@@ -34,11 +34,16 @@ __all__ = [
     "check_limits",
 ]
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
-_ids = itertools.count(1)
-_MAX_FLOAT = sys.float_info.max
+# (Final: compiled code reads these without a dictionary lookup per ToolCall)
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+_MAX_FLOAT: Final = sys.float_info.max
 
-MAX_PRIORITY_MAGNITUDE = 2**31
+
+
+# call ids 1, 2, 3, ... (the bound method: compiled, next() would cost a builtins lookup)
+_next_call_id: Final[Callable[[], int]] = itertools.count(1).__next__
+
+MAX_PRIORITY_MAGNITUDE: Final = 2**31
 """``ToolCall.priority`` lies in ``[-2**31, 2**31]``: aging arithmetic stays exact in floats."""
 
 
@@ -221,7 +226,7 @@ class ToolCall:
         object.__setattr__(self, "deadline", deadline)
         object.__setattr__(self, "context", context)
         object.__setattr__(self, "limits", limits)
-        object.__setattr__(self, "call_id", next(_ids) if call_id is None else call_id)
+        object.__setattr__(self, "call_id", _next_call_id() if call_id is None else call_id)
 
     def log_fields(self) -> dict[str, Any]:
         """The fields events and logs carry for this call."""

@@ -28,7 +28,9 @@ from ..primitives.limiter import Limiter
 from ..primitives.ordering import FifoOrdering, Ordering
 from ..primitives.resources import Resource
 from ..primitives.stats import BucketStatistics, LimiterStatistics, PoolStatistics
+from ..primitives.waiter import Waiter
 from .call import Proceed, ToolCall
+from .gate_wait import admit_then_run
 from .part import LimitPart
 
 __all__ = ["AdmissionGate", "LimitPart"]
@@ -258,7 +260,56 @@ class AdmissionGate:
             else:
                 del self._run_waiting[run]
 
-    async def __call__(self, call: ToolCall, proceed: Proceed) -> Any:
+    def __call__(self, call: ToolCall, proceed: Proceed) -> Coroutine[Any, Any, Any]:
+        # a call arriving behind others (it will queue) waits in a Python frame: cancelled,
+        # it unwinds through no compiled frame (see gate_wait); the rest run compiled
+        if self.limiter._waiting and not call.limits:
+            return admit_then_run(self, call, proceed)
+        return self._run(call, proceed)
+
+    def _admit(self, call: ToolCall) -> Lease | Waiter:
+        """Admit ``call`` at once (its :class:`Lease`) or queue it (its :class:`Waiter`:
+        ``await waiter.future`` gives the lease; a caller cancelled meanwhile must call
+        ``limiter.abandon(waiter)``). Refusals raise as :meth:`acquire`'s do. Only for calls
+        without per-run limits: ``__call__`` sends those through :meth:`_run`."""
+        now = self._now()
+        fixed = self._fixed
+        demands: Sequence[tuple[Resource, float]] = (
+            fixed if fixed is not None else self._demands(call, now)
+        )
+        deadline = call.deadline
+        if deadline is None or deadline >= now:
+            lease = self.limiter.take(demands, now, call)
+            if lease is not None:
+                return lease
+        # (a passed deadline: refused by the queue, never admitted)
+        return self.limiter.enqueue(
+            demands,
+            now,
+            priority=call.priority,
+            tenant=call.tenant,
+            cost=self._fair_cost(call) if self._fair_cost is not None else 1.0,
+            deadline=deadline,
+            info=call,
+        )
+
+    def _settle_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
+        """The tool returned ``result``: the observers see it, then the lease is released."""
+        try:
+            if self._observers:
+                self._observe(call, lease, result, False)
+        finally:
+            lease.release()
+
+    def _settle_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
+        """The tool raised ``error``: the observers see it, then the lease is released."""
+        try:
+            if self._observers:
+                self._observe(call, lease, error, True)
+        finally:
+            lease.release()
+
+    async def _run(self, call: ToolCall, proceed: Proceed) -> Any:
         # the hot path, flattened: one clock read, demands built once, and no coroutine
         # beyond this one when the call is admitted at once
         if call.limits:  # a per-run limit nobody enforces is never silently ignored

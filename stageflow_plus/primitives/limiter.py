@@ -23,7 +23,6 @@ deadline), never one per waiter.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -72,13 +71,13 @@ class Limiter(Queueing):
         # clear live objects (e.g. a loop timer) as garbage. tests/primitives/test_gc_safety.
         self._name = name
         self._ordering = ordering if ordering is not None else FifoOrdering()
-        self._admission = admission if admission is not None else AdmissionPolicy()
+        self._adopt(admission if admission is not None else AdmissionPolicy())
         self._clock = as_clock(clock)
         self._now = self._clock.now
         self._listener = None
         self._immediate_events = False
         self.listener = listener
-        self._seq = itertools.count()
+        self._seq = 0
         self._deadlines = []  # heap of (deadline, seq, waiter); stale entries skipped
         self._timer = None
         self._timer_at = math.inf  # due time of _timer; inf when no timer
@@ -113,7 +112,7 @@ class Limiter(Queueing):
     @admission.setter
     def admission(self, policy: AdmissionPolicy) -> None:
         """Replace the admission policy; applies to calls that queue from now on."""
-        self._admission = policy
+        self._adopt(policy)
 
     @property
     def listener(self) -> LimiterListener | None:
@@ -331,5 +330,5 @@ class Limiter(Queueing):
         if self._immediate_events or (self._listener is not None and lease.queued):
             self._listener.on_released(lease.info, held)  # type: ignore[union-attr]
         if self._waiting:
-            self._dispatch()
+            self._dispatch_at(now)
 

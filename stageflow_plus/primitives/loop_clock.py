@@ -18,6 +18,10 @@ from mypy_extensions import mypyc_attr
 __all__ = ["LoopClock"]
 
 
+def _not_running() -> bool:
+    return False
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)
 class LoopClock:
     """The running asyncio loop's clock (``loop.time()``); the default everywhere.
@@ -29,29 +33,45 @@ class LoopClock:
     virtual-time test loop) is always asked.
     """
 
-    __slots__ = ("_loop", "_time")
+    __slots__ = ("_loop", "_loop_running", "_time")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_running: Callable[[], bool] = _not_running
         self._time: Callable[[], float] = time.monotonic
 
     def now(self) -> float:
-        loop = _get_running_loop()
-        if loop is not self._loop:
-            self._loop = loop
-            self._time = (
-                time.monotonic
-                if loop is None
-                or (
-                    type(loop).time is asyncio.BaseEventLoop.time
-                    and "time" not in getattr(loop, "__dict__", {})  # not patched on the loop
-                )
-                else loop.time
-            )
+        # The loop last seen, while it still runs, is the running loop: one loop runs per
+        # thread at a time, and a limiter lives on one loop. Asking asyncio instead costs a
+        # getpid() system call per read (its fork check), several per queued call.
+        if not self._loop_running():
+            self._see(_get_running_loop())
         return self._time()
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running event loop (``RuntimeError`` when none runs), as :meth:`now` finds it."""
+        if not self._loop_running():
+            self._see(_get_running_loop())
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("no running event loop")
+        return loop
+
+    def _see(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        self._loop_running = loop.is_running if loop is not None else _not_running
+        self._time = (
+            time.monotonic
+            if loop is None
+            or (
+                type(loop).time is asyncio.BaseEventLoop.time
+                and "time" not in getattr(loop, "__dict__", {})  # not patched on the loop
+            )
+            else loop.time
+        )
+
     def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
-        return asyncio.get_running_loop().call_at(when, callback)
+        return self.running_loop().call_at(when, callback)
 
     def __repr__(self) -> str:
         return "LoopClock()"

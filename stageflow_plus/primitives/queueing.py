@@ -14,28 +14,42 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from .admission import AdmissionPolicy, Shedding
 from .dispatch import Dispatcher
 from .errors import ConfigError, CostTooLarge, DeadlineUnmeetable, Evicted, QueueFull
+from .loop_clock import LoopClock
 from .resources import Resource
 from .waiter import WAITING, Demand, Waiter
 
 __all__ = ["Queueing"]
 
+_Future: Final = asyncio.Future  # (Final: no module attribute lookup per queued call)
+
 
 class Queueing(Dispatcher):
     """Base of :class:`~stageflow_plus.primitives.limiter.Limiter`: the way into the queue."""
 
-    __slots__ = ("_admission", "_closed", "_seq")
+    __slots__ = ("_admission", "_closed", "_max_wait", "_queue_bound", "_queue_per_key", "_seq")
 
     _admission: AdmissionPolicy
+    # the policy's bounds, read once per queued call (compiled, a policy attribute costs a
+    # lookup): max_wait and max_queue (inf: none), and whether max_queue_per_key is set
+    _max_wait: float
+    _queue_bound: float
+    _queue_per_key: bool
     _closed: bool
-    _seq: itertools.count[int]
+    _seq: int  # the next waiter's arrival number
+
+    def _adopt(self, policy: AdmissionPolicy) -> None:
+        """Use ``policy`` for calls that queue from now on."""
+        self._admission = policy
+        self._max_wait = float(policy.max_wait) if policy.max_wait is not None else math.inf
+        self._queue_bound = float(policy.max_queue) if policy.max_queue is not None else math.inf
+        self._queue_per_key = policy.max_queue_per_key is not None
 
     def _enqueue(
         self,
@@ -70,20 +84,21 @@ class Queueing(Dispatcher):
                     ),
                     info,
                 )
-        policy = self._admission
         if timeout is not None:
             deadline = now + timeout if deadline is None else min(deadline, now + timeout)
-        if policy.max_wait is not None:
-            limit = now + policy.max_wait
+        if self._max_wait != math.inf:
+            limit = now + self._max_wait
             deadline = limit if deadline is None else min(deadline, limit)
         if deadline is not None:
             self._check_deadline(demands, deadline, info, now)
-        if policy.max_queue_per_key is not None or (
-            policy.max_queue is not None and depth >= policy.max_queue
-        ):
+        if self._queue_per_key or depth >= self._queue_bound:
             evicted = self._make_room(demands, priority, tenant, info, now)
         else:
             evicted = False
+        clock = self._clock  # (the default clock knows the loop without a getpid() call)
+        loop = clock.running_loop() if isinstance(clock, LoopClock) else asyncio.get_running_loop()
+        seq = self._seq
+        self._seq = seq + 1  # (an int: next() on a counter is a builtins lookup compiled)
         waiter = Waiter(
             demands,
             priority,
@@ -91,8 +106,8 @@ class Queueing(Dispatcher):
             cost,
             now,
             deadline,
-            next(self._seq),
-            asyncio.Future(loop=asyncio.get_running_loop()),  # (create_future: a Python call)
+            seq,
+            _Future(loop=loop),  # (not loop.create_future: a Python call)
             info,
         )
         self._ordering.push(waiter)

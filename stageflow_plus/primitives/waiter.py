@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .resources import Resource
@@ -27,7 +27,7 @@ class WaiterState(Enum):
     LEFT = "left"  # cancelled, timed out, rejected or evicted
 
 
-WAITING = WaiterState.WAITING
+WAITING: Final = WaiterState.WAITING  # (Final: compiled code reads it without a lookup)
 
 
 class Waiter:
