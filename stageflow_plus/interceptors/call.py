@@ -68,6 +68,20 @@ def check_cost(cost: Any, where: str, context: str = "") -> Mapping[str, float]:
     return cost
 
 
+def _plain_cost(cost: Any) -> bool:
+    """Whether ``cost`` is a ``dict`` that :func:`check_cost` accepts (the common case,
+    checked without building its error context)."""
+    if type(cost) is not dict:
+        return False
+    for name, value in cost.items():
+        kind = type(value)
+        if (kind is not float and kind is not int) or type(name) is not str:
+            return False
+        if not 0 <= value <= _MAX_FLOAT:
+            return False
+    return True
+
+
 def _show(value: Any) -> str:
     """``value`` for an error message: its type and a repr cut to 60 characters."""
     text = repr(value)
@@ -208,8 +222,8 @@ class ToolCall:
             or (run_id is not None and type(run_id) is not str)
         ):
             _check_fields(tool, priority, tenant, run_id)
-        if cost is not _EMPTY:
-            check_cost(cost, "ToolCall.cost", f" of tool {tool!r}")
+        if cost is not _EMPTY and not _plain_cost(cost):
+            check_cost(cost, "ToolCall.cost", f" of tool {tool!r}")  # other mappings; refusals
         if limits is not _EMPTY and limits:
             check_limits(limits, f"ToolCall.limits of tool {tool!r}")
         if deadline is not None and (
