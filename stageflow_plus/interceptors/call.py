@@ -69,8 +69,9 @@ def check_cost(cost: Any, where: str, context: str = "") -> Mapping[str, float]:
 
 
 def _plain_cost(cost: Any) -> bool:
-    """Whether ``cost`` is a ``dict`` that :func:`check_cost` accepts (the common case,
-    checked without building its error context)."""
+    """Whether ``cost`` is a ``dict`` that :func:`check_cost` accepts: the common case,
+    checked without building the error context the hot paths (``ToolCall``, ``make_call``)
+    would otherwise format per call; anything else goes to :func:`check_cost`."""
     if type(cost) is not dict:
         return False
     for name, value in cost.items():

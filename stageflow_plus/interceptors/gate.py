@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._logging import LogDigest, stdlib_emit
 from ..primitives.admission import AdmissionPolicy
@@ -271,7 +271,7 @@ class AdmissionGate:
         """Admit ``call`` at once (its :class:`Lease`) or queue it (its :class:`Waiter`:
         ``await waiter.future`` gives the lease; a caller cancelled meanwhile must call
         ``limiter.abandon(waiter)``). Refusals raise as :meth:`acquire`'s do. Only for calls
-        without per-run limits: ``__call__`` sends those through :meth:`_run`."""
+        without per-run limits (:meth:`_run` admits those itself)."""
         now = self._now()
         fixed = self._fixed
         demands: Sequence[tuple[Resource, float]] = (
@@ -293,19 +293,12 @@ class AdmissionGate:
             info=call,
         )
 
-    def _settle_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
-        """The tool returned ``result``: the observers see it, then the lease is released."""
+    def _settle(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool) -> None:
+        """The tool returned ``outcome`` (raised it: ``failed``): the observers see it, then
+        the lease is released, whatever an observer did."""
         try:
             if self._observers:
-                self._observe(call, lease, result, False)
-        finally:
-            lease.release()
-
-    def _settle_error(self, call: ToolCall, lease: Lease, error: Exception) -> None:
-        """The tool raised ``error``: the observers see it, then the lease is released."""
-        try:
-            if self._observers:
-                self._observe(call, lease, error, True)
+                self._observe(call, lease, outcome, failed)
         finally:
             lease.release()
 
@@ -314,51 +307,34 @@ class AdmissionGate:
         # beyond this one when the call is admitted at once
         if call.limits:  # a per-run limit nobody enforces is never silently ignored
             self.check_limits(call)
-        now = self._now()
-        fixed = self._fixed
-        demands: Sequence[tuple[Resource, float]] = (
-            fixed if fixed is not None and not call.limits else self._demands(call, now)
-        )
-        deadline = call.deadline
-        lease = (
-            self.limiter.take(demands, now, call) if deadline is None or deadline >= now
-            else None
-        )
-        if lease is None:  # (a passed deadline: refused by the queue, never admitted)
-            if call.limits and call.run_id is not None and "max_queue" in call.limits:
-                lease = await self._wait(call, demands)
-            else:  # queue, then wait in this frame: no second coroutine per queued call
-                waiter = self.limiter.enqueue(
-                    demands,
-                    now,
-                    priority=call.priority,
-                    tenant=call.tenant,
-                    cost=self._fair_cost(call) if self._fair_cost is not None else 1.0,
-                    deadline=call.deadline,
-                    info=call,
-                )
+            now = self._now()
+            demands = self._demands(call, now)
+            deadline = call.deadline
+            taken = (
+                self.limiter.take(demands, now, call) if deadline is None or deadline >= now
+                else None
+            )
+            # (a passed deadline: refused by the queue, never admitted)
+            lease = taken if taken is not None else await self._wait(call, demands)
+        else:
+            admitted = self._admit(call)
+            if type(admitted) is Waiter:  # queued: waits in this frame, no second coroutine
                 try:
-                    lease = await waiter.future
+                    lease = await admitted.future
                 except asyncio.CancelledError:
-                    self.limiter.abandon(waiter)  # leaves the queue or gives the grant back
+                    self.limiter.abandon(admitted)  # leaves the queue or gives the grant back
                     raise
+            else:
+                lease = cast(Lease, admitted)
         try:
             result = await proceed(call)
         except Exception as error:
-            try:
-                if self._observers:
-                    self._observe(call, lease, error, True)
-            finally:
-                lease.release()
+            self._settle(call, lease, error, True)
             raise  # the tool's own error, whatever an observer did
         except BaseException:
             lease.release()  # cancelled while running: permits come back
             raise
-        try:
-            if self._observers:
-                self._observe(call, lease, result, False)
-        finally:
-            lease.release()
+        self._settle(call, lease, result, False)
         return result  # the tool ran: its result is kept, whatever an observer did
 
     def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool) -> None:

@@ -44,10 +44,10 @@ async def admit_then_run(gate: AdmissionGate, call: ToolCall, proceed: Proceed) 
     try:
         result = await proceed(call)
     except Exception as error:
-        gate._settle_error(call, lease, error)
+        gate._settle(call, lease, error, True)
         raise  # the tool's own error, whatever an observer did
     except BaseException:
         lease.release()  # cancelled while running: permits come back
         raise
-    gate._settle_result(call, lease, result)
+    gate._settle(call, lease, result, False)
     return result

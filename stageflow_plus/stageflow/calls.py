@@ -11,14 +11,11 @@ compiled in the accelerated build (it imports no Stageflow module).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 
-from ..interceptors.call import _EMPTY, ToolCall, check_cost
+from ..interceptors.call import _EMPTY, ToolCall, _plain_cost, check_cost
 from .scope import _current
-
-_MAX: Final = sys.float_info.max
 
 __all__ = ["CostEstimator", "build_call", "make_call"]
 
@@ -63,17 +60,6 @@ class _Fixed:
 
     def now(self) -> float:
         return self.at
-
-
-def _plain_cost(cost: Any) -> bool:
-    """A dict of str to finite floats >= 0: what ``check_cost`` passes, checked without
-    building its message (anything else goes to ``check_cost``, which says what is wrong)."""
-    if type(cost) is not dict:
-        return False
-    for name, value in cost.items():
-        if type(name) is not str or type(value) is not float or not 0.0 <= value <= _MAX:
-            return False
-    return True
 
 
 def make_call(

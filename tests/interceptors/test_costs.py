@@ -242,8 +242,8 @@ _cost_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.inte
 def test_the_fast_cost_check_agrees_with_check_cost(estimate: Any) -> None:
     # make_call skips building check_cost's message for a plain dict of floats; it must
     # accept and refuse exactly what check_cost does
-    from stageflow_plus.interceptors.call import check_cost
-    from stageflow_plus.stageflow.calls import _plain_cost, make_call
+    from stageflow_plus.interceptors.call import _plain_cost, check_cost
+    from stageflow_plus.stageflow.calls import make_call
     from stageflow_plus.testing import SimpleAction
 
     try:
