@@ -28,10 +28,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -76,12 +74,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_json(result: Any, path: str | None) -> None:
-    if path is None:
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
-    print(f"wrote {target}", file=sys.stderr)
+    if path is not None:
+        from .bench.report import write_json
+
+        write_json(result, path, default=str)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import math
 import os
 import platform
@@ -60,6 +59,7 @@ from .core_registry import measure_registry
 from .core_waiters import measure_waiters, median, paired_ratio
 from .listeners import SilentListener
 from .loop_lag import measure_loop_lag
+from .report import write_json
 from .table import TARGETS, evaluate_targets, format_core_table
 
 __all__ = ["DEFAULT_SIZES", "QUICK_SIZES", "TARGETS", "format_core_table", "main",
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_core_bench(quick=args.quick, repeats=args.repeats)
     print(format_core_table(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json(result, args.json)
     return 0
 
 

@@ -10,10 +10,14 @@ priority's longest wait from the ``overload`` workload; ``jain_fairness`` from t
 
 from __future__ import annotations
 
+import json
 import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "evaluate_targets", "format_table", "headline"]
+__all__ = ["TARGETS", "evaluate_targets", "format_table", "headline", "write_json"]
 
 TARGETS = {
     "zero_429": "no 429 from the provider",
@@ -146,3 +150,14 @@ def format_table(result: dict[str, Any]) -> str:
             note = f" ({item['note']})" if item.get("note") else ""
             lines.append(f"  [{mark:>6}] {item['target']}: {item['measured']}{note}")
     return "\n".join(lines)
+
+
+def write_json(result: Any, path: str | Path, *,
+               default: Callable[[Any], Any] | None = None) -> Path:
+    """Write a benchmark's ``result`` to ``path`` as sorted, indented JSON (its folder made
+    if need be) and say so on stderr; ``default`` as for :func:`json.dumps`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2, sort_keys=True, default=default) + "\n")
+    print(f"wrote {target}", file=sys.stderr)
+    return target

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import math
 import statistics
@@ -23,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from stageflow import Pipeline, StageKind
@@ -35,7 +33,7 @@ from .. import _accel
 from .demo import demo_workloads, judge_targets
 from .metrics import CallRecord, aging_bound, summarize
 from .provider import ProviderLimits, ProviderSimulator
-from .report import evaluate_targets, format_table, headline
+from .report import evaluate_targets, format_table, headline, write_json
 from .strategies import STRATEGIES, StageflowPlusStrategy, Strategy
 from .tools import PROVIDER_ACTION, FanOutStage, current_burst, make_client, provider_registry
 from .workloads import CallSpec, Workload, bench_limits, fairness, overload
@@ -338,10 +336,7 @@ def run_bench(
     result["adaptive"] = run_adaptive_bench(quick=quick, plot_dir=plot_dir)
     result["targets"].update(result["adaptive"].get("targets", {}))
     if json_path is not None:
-        target = Path(json_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {target}", file=sys.stderr)
+        write_json(result, json_path)
     if plot_dir is not None:
         from .plots import write_plots
 

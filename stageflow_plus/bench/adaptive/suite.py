@@ -9,15 +9,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from ... import _accel
+from ..report import write_json
 from .cost import measure_cost
 from .report import evaluate, format_adaptive_table, summarize_run
 from .run import STRATEGIES, run_all
@@ -78,10 +77,7 @@ def run_adaptive_bench(*, quick: bool = False, json_path: str | None = None,
     result["cost_per_call"] = measure_cost(quick=quick)
     print(format_adaptive_table(result))
     if json_path is not None:
-        target = Path(json_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {target}", file=sys.stderr)
+        write_json(result, json_path)
     if plot_dir is not None:
         from .plots import write_adaptive_plots
 
