@@ -58,10 +58,6 @@ def eval_source(entry: str) -> str:
     return "\n".join(lines) + f"\nreturn {entry}(KEYS, ARGV)\n"
 
 
-_BULKS: dict[str | int, bytes] = {}  # encoded arguments that repeat (not lease ids)
-_MAX_BULKS = 4096
-
-
 class Plan:
     """Everything calls of one shape send: keys, caps, bucket shapes, encoded once.
 
@@ -148,15 +144,9 @@ class Library:
             head = plan.heads[shape] = (b"*%d\r\n" % (5 + len(args)) + self._heads[entry]
                                         + plan.tail)
         out = [head]
-        bulks = _BULKS
         for arg in args:
-            bulk = bulks.get(arg)
-            if bulk is None:
-                data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-                bulk = b"$%d\r\n%s\r\n" % (len(data), data)
-                if len(bulks) < _MAX_BULKS and not (isinstance(arg, str) and ":" in arg):
-                    bulks[arg] = bulk  # modes, tenants, costs, amounts: few, repeated
-            out.append(bulk)
+            data = arg.encode() if isinstance(arg, str) else b"%d" % arg
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
         return b"".join(out)
 
     def call(self, entry: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
