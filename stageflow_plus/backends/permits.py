@@ -179,11 +179,6 @@ class Permits:
         b.share.lease_ended(lease.member)
         plan = lease.plan
         assert plan is not None
-        if not actual:  # nothing measured: no charge, no refund
-            if not plan.pool_keys:
-                return None  # nothing to give back: no round trip
-            return [lease.member, "1" if lease.via_mailbox else "0",
-                    *["0"] * min(len(plan.dimensions), len(lease.amounts))]
         deltas: list[str] = []
         for dimension, amount in zip(plan.dimensions, lease.amounts, strict=False):
             value = actual.get(dimension)
