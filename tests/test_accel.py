@@ -274,13 +274,23 @@ def _hook_module() -> Any:
     return hatch_build
 
 
-def test_a_pure_editable_build_takes_an_earlier_build_out_of_the_tree(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _pure_build_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The build hook over a package in ``tmp_path`` (its ``_accel.py`` only), with
+    ``STAGEFLOW_PLUS_PURE=1`` set."""
     hatch_build = _hook_module()
     (tmp_path / "stageflow_plus").mkdir()
     (tmp_path / "stageflow_plus" / "_accel.py").write_text((ROOT / "stageflow_plus" /
                                                             "_accel.py").read_text())
+    monkeypatch.setenv("STAGEFLOW_PLUS_PURE", "1")
+    monkeypatch.delenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", raising=False)
+    return hatch_build.AccelBuildHook(str(tmp_path), {}, None, None, str(tmp_path / "out"),
+                                      "wheel")
+
+
+def test_a_pure_editable_build_takes_an_earlier_build_out_of_the_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hook = _pure_build_hook(tmp_path, monkeypatch)
     leftovers = [tmp_path / f"{_accel.SHARED_LIBRARY}{EXT}",
                  tmp_path / "stageflow_plus" / _accel.BUILD_INFO]
     for module in _accel.COMPILED_MODULES:
@@ -288,10 +298,6 @@ def test_a_pure_editable_build_takes_an_earlier_build_out_of_the_tree(
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-    monkeypatch.setenv("STAGEFLOW_PLUS_PURE", "1")
-    monkeypatch.delenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", raising=False)
-    hook = hatch_build.AccelBuildHook(str(tmp_path), {}, None, None, str(tmp_path / "out"),
-                                      "wheel")
     hook.initialize("editable", {})
     assert [p for p in leftovers if p.exists()] == []
 
@@ -305,19 +311,14 @@ def test_an_editable_build_takes_out_the_extension_of_a_module_no_longer_compile
 ) -> None:
     # an extension beside a source shadows it: one from a build that compiled more modules
     # would be imported instead of the .py and fail against the new shared library
-    hatch_build = _hook_module()
+    hook = _pure_build_hook(tmp_path, monkeypatch)
     package = tmp_path / "stageflow_plus"
-    (package / "backends").mkdir(parents=True)
-    (package / "_accel.py").write_text((ROOT / "stageflow_plus" / "_accel.py").read_text())
+    (package / "backends").mkdir()
     (package / "backends" / "resp.py").write_text("")
     stale = package / "backends" / f"resp{EXT}"
     stale.write_bytes(b"")
     unrelated = package / "backends" / f"vendored{EXT}"  # no source beside it: not ours
     unrelated.write_bytes(b"")
-    monkeypatch.setenv("STAGEFLOW_PLUS_PURE", "1")
-    monkeypatch.delenv("STAGEFLOW_PLUS_REQUIRE_COMPILED", raising=False)
-    hook = hatch_build.AccelBuildHook(str(tmp_path), {}, None, None, str(tmp_path / "out"),
-                                      "wheel")
     hook.initialize("editable", {})
     assert not stale.exists()
     assert unrelated.exists()
