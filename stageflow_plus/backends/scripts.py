@@ -70,8 +70,8 @@ class Plan:
         :meth:`~stageflow_plus.backends.redis.RedisBackend.configure_queue`).
     """
 
-    __slots__ = ("buckets", "dimensions", "generation", "heads", "pauses", "pool_keys", "pools",
-                 "queue_key", "tail", "text")
+    __slots__ = ("buckets", "dimensions", "generation", "heads", "last", "pauses", "pool_keys",
+                 "pools", "queue_key", "tail", "text")
 
     def __init__(self, *, prefix: str, aging_ms: str, process: str, ttl_ms: int,
                  pools: Sequence[GlobalPool], buckets: Sequence[GlobalBucket],
@@ -91,6 +91,8 @@ class Plan:
         self.text = json.dumps(raw, separators=(",", ":"))
         self.tail = encode_items(["1", self.queue_key, self.text])  # numkeys, key, plan
         self.heads: dict[tuple[bool, str, int], bytes] = {}  # the first bytes, per command
+        # per entry point: the arguments after the first (the lease id) last sent, encoded
+        self.last: dict[str, tuple[tuple[str | int, ...], bytes]] = {}
 
 
 class Library:
@@ -137,17 +139,24 @@ class Library:
             await send(encode(["SCRIPT", "LOAD", source]))
 
     def command(self, entry: str, plan: Plan, args: Sequence[str | int]) -> bytes:
-        """``entry`` called with ``plan`` and ``args`` (the plan's bytes are reused)."""
+        """``entry`` called with ``plan`` and ``args`` (the plan's bytes are reused, and so
+        are those of the arguments after the first when they repeat the plan's last call
+        of ``entry``: calls of one shape differ in their lease id only)."""
         shape = (self.functions, entry, len(args))
         head = plan.heads.get(shape)
         if head is None:
             head = plan.heads[shape] = (b"*%d\r\n" % (5 + len(args)) + self._heads[entry]
                                         + plan.tail)
-        out = [head]
-        for arg in args:
-            data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(out)
+        first = args[0]
+        data = first.encode() if isinstance(first, str) else b"%d" % first
+        rest = tuple(args[1:])
+        last = plan.last.get(entry)
+        if last is not None and last[0] == rest:
+            encoded = last[1]
+        else:
+            encoded = encode_items(rest)
+            plan.last[entry] = (rest, encoded)
+        return b"".join((head, b"$%d\r\n%s\r\n" % (len(data), data), encoded))
 
     def call(self, entry: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
         """``entry`` called with ``keys`` and ``args`` (the entry points without a plan)."""

@@ -500,3 +500,29 @@ async def test_same_priority_waiters_are_served_in_arrival_order(
     await asyncio.gather(first, second)
     assert order == ["first", "second"]
     assert backend.statistics().woken >= 1
+
+
+def test_commands_reuse_the_encoding_of_repeated_arguments_only() -> None:
+    from stageflow_plus.backends.resp import encode
+    from stageflow_plus.backends.scripts import LIBRARY_NAME, Library, Plan
+
+    library = Library()
+    plan = Plan(prefix="{p}:", aging_ms="", process="proc", ttl_ms=10_000,
+                pools=[GlobalPool("global:*", 4)], buckets=[_bucket("r", 10.0, 5.0, 1.0)],
+                pauses=[])
+
+    def plain(entry: str, args: list[str | int]) -> bytes:
+        return encode(["FCALL", f"{LIBRARY_NAME}_{entry}", "1", plan.queue_key, plan.text,
+                       *args])
+
+    calls: list[tuple[str, list[str | int]]] = [
+        ("acquire", ["proc:1", "wait", "t", "1.0", "", 0, "1.0"]),
+        ("acquire", ["proc:2", "wait", "t", "1.0", "", 0, "1.0"]),  # only the id differs
+        ("release", ["proc:1", "0", "0"]),
+        ("acquire", ["proc:3", "wait", "u", "2.0", "5.0", 3, "4.0"]),  # all differ
+        ("acquire", ["proc:4", "wait", "u", "2.0", "5.0", "3", "4.0"]),  # 3 != "3"
+        ("release", ["proc:2", "1", "-0.5"]),
+        ("acquire", ["proc:5", "try", "t", "1.0", "", 0, "1.0"]),
+    ]
+    for entry, args in calls:
+        assert library.command(entry, plan, args) == plain(entry, args), (entry, args)
