@@ -5,8 +5,9 @@ and the global queue of :class:`~stageflow_plus.backends.redis.RedisBackend`: ex
 priority and aging order, weighted fair share, cancellation while waiting, no
 oversubscription over a random schedule, and a release that wakes a waiter of another
 holder (for Redis: another backend instance, i.e. another process's connection and
-mailbox). Both run on real clocks (Redis's ``TIME``), so only orders and bounds are
-asserted, never speeds.
+mailbox). Redis runs twice: as it is (the ``FUNCTION`` library), and the way a Redis 6.x
+server would run it (``EVAL`` scripts, no ``PEXPIRE … GT``: see ``_redis6_path``). All run on
+real clocks (Redis's ``TIME``), so only orders and bounds are asserted, never speeds.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import pytest
+import redis
 
+from stageflow_plus.backends import scripts
 from stageflow_plus.backends.redis import GlobalPool, RedisBackend
 from stageflow_plus.primitives import (
     ConcurrencyPool,
@@ -99,21 +102,48 @@ class RedisImpl:
         return int(await self.backend.client.hlen(f"{self.backend.prefix}q:wait"))
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest, redis_server: RedisServer,
-               prefix: str) -> AsyncIterator[Any]:
+_GT_LINE = "local GT = (redis.REDIS_VERSION_NUM or 0) >= 0x070000"
+
+
+def _redis6_path(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What a Redis 6.x server leaves the backend, on this Redis 7: no ``FUNCTION`` (an ACL
+    user without it, so the library runs as ``EVAL`` scripts on a standalone server) and no
+    ``PEXPIRE … GT`` (the library's pre-7 branch, forced). Returns that user's URL."""
+    source = scripts._raw()
+    assert _GT_LINE in source  # (the library still chooses its branch on this line)
+    monkeypatch.setattr(scripts, "_raw", lambda: source.replace(_GT_LINE, "local GT = false"))
+    admin = redis.Redis(port=server.port)
+    try:
+        admin.acl_setuser("sfp-no-function", enabled=True, passwords=["+no-function-pw"],
+                          keys=["*"], channels=["*"], commands=["+@all", "-function"])
+    finally:
+        admin.close()
+    return f"redis://sfp-no-function:no-function-pw@127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture(params=["memory", "redis", "redis-6-path"])
+async def make(request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str,
+               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
     peers: list[RedisBackend] = []
+    url = redis_server.url
+    if request.param == "redis-6-path":
+        url = _redis6_path(redis_server, monkeypatch)
 
     def factory(aging: float | None = 1.0, weights: Mapping[str, float] | None = None) -> Impl:
         if request.param == "memory":
             return MemoryImpl(aging, weights or {})
-        backend = RedisBackend(redis_server.url, prefix=prefix, ttl=3.0,
+        backend = RedisBackend(url, prefix=prefix, ttl=3.0,
                                aging_interval=aging, weights=dict(weights or {}))
         peers.append(backend)
-        return RedisImpl(backend, peers, redis_server.url, prefix)
+        return RedisImpl(backend, peers, url, prefix)
 
     try:
         yield factory
+        if request.param == "redis-6-path":  # it ran the way a Redis 6.x server makes it
+            assert peers
+            for backend in peers:
+                assert not backend._library.functions
+                assert "local GT = false" in backend._library.source("acquire")
     finally:
         for backend in peers:
             await backend.aclose()
