@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from .._logging import LogDigest, stdlib_emit
+from ..llm.answers import _DATA_ONLY
 from ..primitives.admission import AdmissionPolicy
 from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError, QueueFull, StageflowPlusError
@@ -51,6 +52,37 @@ def unenforced_limits(call: ToolCall, honoured: frozenset[str]) -> ConfigError:
     )
 
 
+_SCALARS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+_ANSWER_KEYS = ("retry_after", "retry_after_ms", "headers", "response")
+
+
+def quiet_result(result: object) -> bool:
+    """Whether ``result`` surely carries no provider answer (see
+    :meth:`LimitPart.reads_quiet_results`): ``None`` or a plain scalar, list or tuple; or a
+    dict — itself or a Stageflow ``ToolOutput``'s ``data`` (``None`` data: quiet) — with an
+    integer ``status`` below 400 and none of ``retry_after``, ``retry_after_ms``,
+    ``headers``, ``response``. Anything else may hold one (``False``)."""
+    kind = type(result)
+    data: Any
+    if kind is dict:
+        data = result
+    elif kind in _DATA_ONLY:
+        data = getattr(result, "data", None)
+        if data is None:
+            return True
+        if type(data) is not dict:
+            return False
+    else:
+        return kind in _SCALARS
+    status = data.get("status")
+    if type(status) is not int or status >= 400:
+        return False
+    for key in _ANSWER_KEYS:
+        if key in data:
+            return False
+    return True
+
+
 def _default_ordering() -> Ordering:
     return FifoOrdering()
 
@@ -72,6 +104,7 @@ class AdmissionGate:
         "_now",
         "_observer_log",
         "_observers",
+        "_quiet_observers",
         "_run_waiting",
         "_templates",
         "admission",
@@ -105,6 +138,7 @@ class AdmissionGate:
         self._now = self.limiter.clock.now
         self._demanders: tuple[LimitPart, ...] = ()
         self._observers: tuple[LimitPart, ...] = ()
+        self._quiet_observers: tuple[LimitPart, ...] = ()
         self._honoured: frozenset[str] = frozenset()
         self._run_waiting: dict[str, int] = {}
         # the demands of calls without per-run limits, per demander: its template, or None
@@ -133,6 +167,9 @@ class AdmissionGate:
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
         # (per instance: a rate limiter with nothing to read in results observes none)
         self._observers = tuple(p for p in self.parts if p.observes_results and p.wants_results())
+        # (of those, the ones that read results carrying no provider answer: the only ones a
+        # quiet result is shown to)
+        self._quiet_observers = tuple(p for p in self._observers if p.reads_quiet_results())
         self._honoured = frozenset({"max_queue"}).union(*(p.honours_limits for p in self.parts))
         self.refresh_templates()
 
@@ -298,7 +335,10 @@ class AdmissionGate:
         the lease is released, whatever an observer did."""
         try:
             if self._observers:
-                self._observe(call, lease, outcome, failed)
+                if failed or not quiet_result(outcome):
+                    self._observe(call, lease, outcome, failed, self._observers)
+                elif self._quiet_observers:
+                    self._observe(call, lease, outcome, False, self._quiet_observers)
         finally:
             lease.release()
 
@@ -337,11 +377,12 @@ class AdmissionGate:
         self._settle(call, lease, result, False)
         return result  # the tool ran: its result is kept, whatever an observer did
 
-    def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool) -> None:
-        """Run every observer's ``after_error`` / ``after_result``; one that raises (e.g. a
+    def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool,
+                 observers: tuple[LimitPart, ...]) -> None:
+        """Run the ``observers``' ``after_error`` / ``after_result``; one that raises (e.g. a
         broken ``actual_cost``) is reported, never allowed to replace the tool's outcome:
         the estimate it failed to correct stays charged, the lease is released as usual."""
-        for part in self._observers:
+        for part in observers:
             try:
                 if failed:
                     part.after_error(call, lease, outcome)

@@ -94,6 +94,21 @@ class LimitPart:
         """
         return self.observes_results
 
+    def reads_quiet_results(self) -> bool:
+        """Whether :meth:`after_result` must see results that surely carry no provider
+        answer (default ``True``: every result); read once, when the gate is built.
+
+        A result is *quiet* when it is ``None``, a plain scalar, list or tuple, a dict (or a
+        Stageflow ``ToolOutput``'s data) without ``headers`` or ``response``, and — for a
+        ``ToolOutput`` — with an integer ``status`` below 400 and no ``retry_after`` /
+        ``retry_after_ms``. An observer that only reads provider answers (a 429, a
+        Retry-After, rate-limit headers) returns ``False``: the gate then does not call it
+        for quiet results (one cheap check per call instead of a Python call per observer).
+
+        .. versionadded:: 0.3.0
+        """
+        return True
+
     def demands_changed(self) -> None:
         """Tell the gate this interceptor's :meth:`demand_template` may have changed."""
         if self._gate is not None:
