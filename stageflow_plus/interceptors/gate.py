@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .._logging import LogDigest, stdlib_emit
 from ..llm.answers import _DATA_ONLY
@@ -52,8 +52,10 @@ def unenforced_limits(call: ToolCall, honoured: frozenset[str]) -> ConfigError:
     )
 
 
-_SCALARS: frozenset[type] = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
-_ANSWER_KEYS = ("retry_after", "retry_after_ms", "headers", "response")
+# (Final: compiled code reads them from a static; _DATA_ONLY_TYPES is answers' set itself,
+# which the Stageflow integration fills)
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+_DATA_ONLY_TYPES: Final[set[type]] = _DATA_ONLY
 
 
 def quiet_result(result: object) -> bool:
@@ -66,7 +68,7 @@ def quiet_result(result: object) -> bool:
     data: Any
     if kind is dict:
         data = result
-    elif kind in _DATA_ONLY:
+    elif kind in _DATA_ONLY_TYPES:
         data = getattr(result, "data", None)
         if data is None:
             return True
@@ -75,12 +77,10 @@ def quiet_result(result: object) -> bool:
     else:
         return kind in _SCALARS
     status = data.get("status")
-    if type(status) is not int or status >= 400:
-        return False
-    for key in _ANSWER_KEYS:
-        if key in data:
-            return False
-    return True
+    return (
+        type(status) is int and status < 400 and "retry_after" not in data
+        and "retry_after_ms" not in data and "headers" not in data and "response" not in data
+    )
 
 
 def _default_ordering() -> Ordering:
@@ -106,6 +106,7 @@ class AdmissionGate:
         "_observers",
         "_quiet_observers",
         "_run_waiting",
+        "_shape",
         "_templates",
         "admission",
         "limiter",
@@ -146,6 +147,8 @@ class AdmissionGate:
         # (amount 1 each, no part asked): then a call's demands are this very tuple
         self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
         self._fixed: tuple[tuple[Resource, float], ...] | None = None
+        # every demander's template, flattened, when all have one (the call's shape)
+        self._shape: tuple[tuple[Resource, str | None], ...] | None = None
         self._observer_log: LogDigest | None = None  # made on the first failing observer
         try:
             for part in self.parts:
@@ -177,17 +180,15 @@ class AdmissionGate:
         """Ask every part for its :meth:`~LimitPart.demand_template` again (a part calls
         this through :meth:`~LimitPart.demands_changed` when its template changed)."""
         self._templates = tuple(p.demand_template() for p in self._demanders)
-        fixed: list[tuple[Resource, float]] = []
+        self._fixed = self._shape = None
+        shape: list[tuple[Resource, str | None]] = []
         for template in self._templates:
             if template is None:
-                self._fixed = None
                 return
-            for resource, dimension in template:
-                if dimension is not None:
-                    self._fixed = None
-                    return
-                fixed.append((resource, 1.0))
-        self._fixed = tuple(fixed)
+            shape.extend(template)
+        self._shape = tuple(shape)
+        if all(dimension is None for _, dimension in shape):
+            self._fixed = tuple((resource, 1.0) for resource, _ in shape)
 
     def _demands(self, call: ToolCall, now: float) -> list[tuple[Resource, float]]:
         """``call``'s demands, in part order: templates where a part has one (and the call
@@ -198,6 +199,13 @@ class AdmissionGate:
                 part.add_demands(call, now, demands)
             return demands
         cost = call.cost
+        shape = self._shape
+        if shape is not None:  # every part has a template: the call's shape, filled in
+            for resource, dimension in shape:
+                demands.append(
+                    (resource, 1.0 if dimension is None else float(cost.get(dimension, 0.0)))
+                )
+            return demands
         templates = self._templates
         for index, part in enumerate(self._demanders):
             template = templates[index]
