@@ -12,6 +12,7 @@ import asyncio
 import time
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
+from typing import Any
 
 from mypy_extensions import mypyc_attr
 
@@ -40,7 +41,7 @@ class LoopClock:
         self._loop_running: Callable[[], bool] = _not_running
         # the loop last seen when it keeps asyncio's own is_running() (then "running" is
         # its _thread_id being set, read without a Python call), else None
-        self._base_loop: object = None
+        self._base_loop: Any = None
         self._time: Callable[[], float] = time.monotonic
 
     def now(self) -> float:
@@ -49,7 +50,7 @@ class LoopClock:
         # getpid() system call per read (its fork check), several per queued call.
         base = self._base_loop
         if base is not None:
-            if getattr(base, "_thread_id") is None:  # (BaseEventLoop.is_running, inlined)
+            if base._thread_id is None:  # (BaseEventLoop.is_running, inlined)
                 self._see(_get_running_loop())
         elif not self._loop_running():
             self._see(_get_running_loop())

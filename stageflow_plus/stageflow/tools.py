@@ -30,9 +30,9 @@ from stageflow.tools.executor import ToolExecutorResult
 
 from ..interceptors.call import ToolCall
 from ..interceptors.chain import ToolCallChain
+from ..interceptors.gate import AdmissionGate
 from ..llm.answers import _DATA_ONLY
 from ..primitives.errors import ConfigError
-from ..interceptors.gate import AdmissionGate
 from .calls import CostEstimator, RegistryRunner, build_call, make_call
 from .events import StageflowEventListener
 from .scope import _current
@@ -101,7 +101,7 @@ class LimitedToolRegistry(ToolRegistry):
         self._runner = RegistryRunner(self._gate, self, ToolRegistry.execute,
                                       self._run_recorded, cost_of)
 
-    def execute(  # type: ignore[override]  # (a coroutine all the same)
+    def execute(
         self, action: Any, ctx: dict[str, Any]
     ) -> Coroutine[Any, Any, ToolOutput | None]:
         """Run ``action`` under the chain (a coroutine: the tool's output, or a refusal
