@@ -34,7 +34,7 @@ from .call import Proceed, ToolCall
 from .gate_wait import admit_then_run
 from .part import LimitPart
 
-__all__ = ["AdmissionGate", "LimitPart"]
+__all__ = ["AdmissionGate", "LimitPart", "quiet_result"]
 
 logger = logging.getLogger("stageflow_plus")
 

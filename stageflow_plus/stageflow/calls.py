@@ -114,7 +114,6 @@ def make_call(
     return ToolCall(tool, payload, action, run_id, tenant, priority, cost, deadline, ctx, limits)
 
 
-
 class RegistryRunner:
     """A limited tool registry's calls, compiled: :meth:`run` is what ``execute`` returns
     while its chain is its admission step alone and nobody waits, and the runner itself is
@@ -126,6 +125,8 @@ class RegistryRunner:
     :param recorded: ``recorded(call)`` runs the tool and records its completion in the
         current scope (used when the scope records completions).
     :param cost_of: the registry's cost estimator.
+
+    .. versionadded:: 0.2.0
     """
 
     __slots__ = ("_cost_of", "_execute", "_gate", "_recorded", "_registry", "_tools")
