@@ -17,9 +17,10 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from .._logging import LogDigest, stdlib_emit
+from ..llm.answers import _DATA_ONLY
 from ..primitives.admission import AdmissionPolicy
 from ..primitives.clock import Clock
 from ..primitives.errors import ConfigError, QueueFull, StageflowPlusError
@@ -33,7 +34,7 @@ from .call import Proceed, ToolCall
 from .gate_wait import admit_then_run
 from .part import LimitPart
 
-__all__ = ["AdmissionGate", "LimitPart"]
+__all__ = ["AdmissionGate", "LimitPart", "quiet_result"]
 
 logger = logging.getLogger("stageflow_plus")
 
@@ -48,6 +49,37 @@ def unenforced_limits(call: ToolCall, honoured: frozenset[str]) -> ConfigError:
         f"tool call {call.tool!r} of run {call.run_id!r} carries per-run limits this chain "
         f"does not enforce ({needs}); add it to the chain (config: [stageflow_plus.concurrency]"
         " or [stageflow_plus.rate]) or drop the override"
+    )
+
+
+# (Final: compiled code reads them from a static; _DATA_ONLY_TYPES is answers' set itself,
+# which the Stageflow integration fills)
+_SCALARS: Final = frozenset({type(None), bool, int, float, str, bytes, list, tuple})
+_DATA_ONLY_TYPES: Final[set[type]] = _DATA_ONLY
+
+
+def quiet_result(result: object) -> bool:
+    """Whether ``result`` surely carries no provider answer (see
+    :meth:`LimitPart.reads_quiet_results`): ``None`` or a plain scalar, list or tuple; or a
+    dict — itself or a Stageflow ``ToolOutput``'s ``data`` (``None`` data: quiet) — with an
+    integer ``status`` below 400 and none of ``retry_after``, ``retry_after_ms``,
+    ``headers``, ``response``. Anything else may hold one (``False``)."""
+    kind = type(result)
+    data: Any
+    if kind is dict:
+        data = result
+    elif kind in _DATA_ONLY_TYPES:
+        data = getattr(result, "data", None)
+        if data is None:
+            return True
+        if type(data) is not dict:
+            return False
+    else:
+        return kind in _SCALARS
+    status = data.get("status")
+    return (
+        type(status) is int and status < 400 and "retry_after" not in data
+        and "retry_after_ms" not in data and "headers" not in data and "response" not in data
     )
 
 
@@ -72,7 +104,9 @@ class AdmissionGate:
         "_now",
         "_observer_log",
         "_observers",
+        "_quiet_observers",
         "_run_waiting",
+        "_shape",
         "_templates",
         "admission",
         "limiter",
@@ -105,6 +139,7 @@ class AdmissionGate:
         self._now = self.limiter.clock.now
         self._demanders: tuple[LimitPart, ...] = ()
         self._observers: tuple[LimitPart, ...] = ()
+        self._quiet_observers: tuple[LimitPart, ...] = ()
         self._honoured: frozenset[str] = frozenset()
         self._run_waiting: dict[str, int] = {}
         # the demands of calls without per-run limits, per demander: its template, or None
@@ -112,6 +147,8 @@ class AdmissionGate:
         # (amount 1 each, no part asked): then a call's demands are this very tuple
         self._templates: tuple[tuple[tuple[Resource, str | None], ...] | None, ...] = ()
         self._fixed: tuple[tuple[Resource, float], ...] | None = None
+        # every demander's template, flattened, when all have one (the call's shape)
+        self._shape: tuple[tuple[Resource, str | None], ...] | None = None
         self._observer_log: LogDigest | None = None  # made on the first failing observer
         try:
             for part in self.parts:
@@ -133,6 +170,9 @@ class AdmissionGate:
         self._demanders = tuple(p for p in self.parts if p.contributes_demands)
         # (per instance: a rate limiter with nothing to read in results observes none)
         self._observers = tuple(p for p in self.parts if p.observes_results and p.wants_results())
+        # (of those, the ones that read results carrying no provider answer: the only ones a
+        # quiet result is shown to)
+        self._quiet_observers = tuple(p for p in self._observers if p.reads_quiet_results())
         self._honoured = frozenset({"max_queue"}).union(*(p.honours_limits for p in self.parts))
         self.refresh_templates()
 
@@ -140,17 +180,15 @@ class AdmissionGate:
         """Ask every part for its :meth:`~LimitPart.demand_template` again (a part calls
         this through :meth:`~LimitPart.demands_changed` when its template changed)."""
         self._templates = tuple(p.demand_template() for p in self._demanders)
-        fixed: list[tuple[Resource, float]] = []
+        self._fixed = self._shape = None
+        shape: list[tuple[Resource, str | None]] = []
         for template in self._templates:
             if template is None:
-                self._fixed = None
                 return
-            for resource, dimension in template:
-                if dimension is not None:
-                    self._fixed = None
-                    return
-                fixed.append((resource, 1.0))
-        self._fixed = tuple(fixed)
+            shape.extend(template)
+        self._shape = tuple(shape)
+        if all(dimension is None for _, dimension in shape):
+            self._fixed = tuple((resource, 1.0) for resource, _ in shape)
 
     def _demands(self, call: ToolCall, now: float) -> list[tuple[Resource, float]]:
         """``call``'s demands, in part order: templates where a part has one (and the call
@@ -161,6 +199,13 @@ class AdmissionGate:
                 part.add_demands(call, now, demands)
             return demands
         cost = call.cost
+        shape = self._shape
+        if shape is not None:  # every part has a template: the call's shape, filled in
+            for resource, dimension in shape:
+                demands.append(
+                    (resource, 1.0 if dimension is None else float(cost.get(dimension, 0.0)))
+                )
+            return demands
         templates = self._templates
         for index, part in enumerate(self._demanders):
             template = templates[index]
@@ -298,7 +343,10 @@ class AdmissionGate:
         the lease is released, whatever an observer did."""
         try:
             if self._observers:
-                self._observe(call, lease, outcome, failed)
+                if failed or not quiet_result(outcome):
+                    self._observe(call, lease, outcome, failed, self._observers)
+                elif self._quiet_observers:
+                    self._observe(call, lease, outcome, False, self._quiet_observers)
         finally:
             lease.release()
 
@@ -337,11 +385,12 @@ class AdmissionGate:
         self._settle(call, lease, result, False)
         return result  # the tool ran: its result is kept, whatever an observer did
 
-    def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool) -> None:
-        """Run every observer's ``after_error`` / ``after_result``; one that raises (e.g. a
+    def _observe(self, call: ToolCall, lease: Lease, outcome: Any, failed: bool,
+                 observers: tuple[LimitPart, ...]) -> None:
+        """Run the ``observers``' ``after_error`` / ``after_result``; one that raises (e.g. a
         broken ``actual_cost``) is reported, never allowed to replace the tool's outcome:
         the estimate it failed to correct stays charged, the lease is released as usual."""
-        for part in self._observers:
+        for part in observers:
             try:
                 if failed:
                     part.after_error(call, lease, outcome)

@@ -173,6 +173,11 @@ class RateLimitHeaderLearner(LimitPart):
             pool = self._probes[key] = ConcurrencyPool(f"probe:{key}", 1)
         out.append((pool, 1.0))
 
+    def reads_quiet_results(self) -> bool:
+        """Only with ``headers_of`` or ``probe``: otherwise a quiet result (see
+        :meth:`LimitPart.reads_quiet_results`) holds no headers to learn from."""
+        return self._headers_of is not None or self._probe
+
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         if result is None or (
             self._headers_of is None and not self._probes and _headerless(result)

@@ -94,6 +94,23 @@ class LimitPart:
         """
         return self.observes_results
 
+    def reads_quiet_results(self) -> bool:
+        """Whether :meth:`after_result` must see results that surely carry no provider
+        answer (default ``True``: every result); read once, when the gate is built.
+
+        A result is *quiet* when it is ``None``, a plain scalar, list or tuple, a Stageflow
+        ``ToolOutput`` without data, or a dict (itself or a ``ToolOutput``'s data) with an
+        integer ``status`` below 400 and none of ``retry_after``, ``retry_after_ms``,
+        ``headers``, ``response`` (:func:`~stageflow_plus.interceptors.gate.quiet_result`).
+        An observer that only reads provider answers (a 429, a Retry-After, rate-limit
+        headers) returns ``False``: the gate then does not call it for quiet results (one
+        compiled check per call instead of a Python call per observer). Errors reach every
+        observer.
+
+        .. versionadded:: 0.2.0
+        """
+        return True
+
     def demands_changed(self) -> None:
         """Tell the gate this interceptor's :meth:`demand_template` may have changed."""
         if self._gate is not None:

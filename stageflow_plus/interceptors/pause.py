@@ -182,6 +182,11 @@ class ProviderPause(LimitPart):
             if gate is not None and now < gate.until:
                 out.append((gate, 1.0))
 
+    def reads_quiet_results(self) -> bool:
+        """Only with a ``retry_after`` callback: otherwise a quiet result (see
+        :meth:`LimitPart.reads_quiet_results`) holds no 429 or Retry-After to read."""
+        return self._retry_after is not None
+
     def after_result(self, call: ToolCall, lease: Lease, result: Any) -> None:
         if type(result) in _PLAIN:
             return  # the common plain results: nothing to look at

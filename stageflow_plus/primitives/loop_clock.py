@@ -12,6 +12,7 @@ import asyncio
 import time
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
+from typing import Any
 
 from mypy_extensions import mypyc_attr
 
@@ -33,18 +34,25 @@ class LoopClock:
     virtual-time test loop) is always asked.
     """
 
-    __slots__ = ("_loop", "_loop_running", "_time")
+    __slots__ = ("_base_loop", "_loop", "_loop_running", "_time")
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_running: Callable[[], bool] = _not_running
+        # the loop last seen when it keeps asyncio's own is_running() (then "running" is
+        # its _thread_id being set, read without a Python call), else None
+        self._base_loop: Any = None
         self._time: Callable[[], float] = time.monotonic
 
     def now(self) -> float:
         # The loop last seen, while it still runs, is the running loop: one loop runs per
         # thread at a time, and a limiter lives on one loop. Asking asyncio instead costs a
         # getpid() system call per read (its fork check), several per queued call.
-        if not self._loop_running():
+        base = self._base_loop
+        if base is not None:
+            if base._thread_id is None:  # (BaseEventLoop.is_running, inlined)
+                self._see(_get_running_loop())
+        elif not self._loop_running():
             self._see(_get_running_loop())
         return self._time()
 
@@ -60,6 +68,10 @@ class LoopClock:
     def _see(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
         self._loop_running = loop.is_running if loop is not None else _not_running
+        self._base_loop = (
+            loop if loop is not None and type(loop).is_running is asyncio.BaseEventLoop.is_running
+            else None
+        )
         self._time = (
             time.monotonic
             if loop is None

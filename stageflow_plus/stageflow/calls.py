@@ -11,13 +11,17 @@ compiled in the accelerated build (it imports no Stageflow module).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from asyncio import CancelledError
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 from ..interceptors.call import _EMPTY, ToolCall, _plain_cost, check_cost
+from ..interceptors.gate import AdmissionGate
+from ..primitives.lease import Lease
+from ..primitives.waiter import Waiter
 from .scope import _current
 
-__all__ = ["CostEstimator", "build_call", "make_call"]
+__all__ = ["CostEstimator", "RegistryRunner", "build_call", "make_call"]
 
 CostEstimator = Callable[[str, Mapping[str, Any]], Mapping[str, float] | None]
 """``(tool, payload) -> {"tokens": 1200, ...}``: a call's estimated cost per dimension
@@ -108,3 +112,76 @@ def make_call(
             bound = clock() + scope.max_wait
             deadline = bound if deadline is None else min(deadline, bound)
     return ToolCall(tool, payload, action, run_id, tenant, priority, cost, deadline, ctx, limits)
+
+
+class RegistryRunner:
+    """A limited tool registry's calls, compiled: :meth:`run` is what ``execute`` returns
+    while its chain is its admission step alone and nobody waits, and the runner itself is
+    the chain's target, the tool (``runner(call)``).
+
+    :param gate: the chain's admission step (its whole chain).
+    :param registry: the limited registry (a Stageflow ``ToolRegistry``).
+    :param execute: the unlimited ``execute(registry, action, ctx)`` (Stageflow's).
+    :param recorded: ``recorded(call)`` runs the tool and records its completion in the
+        current scope (used when the scope records completions).
+    :param cost_of: the registry's cost estimator.
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("_cost_of", "_execute", "_gate", "_recorded", "_registry", "_tools")
+
+    def __init__(
+        self,
+        gate: AdmissionGate | None,
+        registry: Any,
+        execute: Callable[[Any, Any, Any], Awaitable[Any]],
+        recorded: Callable[[ToolCall], Awaitable[Any]],
+        cost_of: CostEstimator | None,
+    ) -> None:
+        self._gate = gate
+        self._registry = registry
+        self._tools: Mapping[Any, Any] = registry._tools
+        self._execute = execute
+        self._recorded = recorded
+        self._cost_of = cost_of
+
+    def __call__(self, call: ToolCall) -> Awaitable[Any]:
+        scope = _current.get()
+        if scope is None or scope.completed is None:
+            return self._execute(self._registry, call.action, call.context)
+        return self._recorded(call)
+
+    async def run(self, action: Any, ctx: Any) -> Any:
+        """Run ``action`` (made with ``ctx``) through the gate alone, in one compiled
+        coroutine: an unknown action type as the registry answers it (no limit touched),
+        else the call built, then :meth:`AdmissionGate._run`'s steps for a call without
+        per-run limits (one with them goes through the gate's own coroutine). Everything
+        happens on the first step, nothing when the coroutine is created."""
+        gate = self._gate
+        kind = action.type
+        if kind not in self._tools and not self._registry.can_execute(kind):
+            return await self._execute(self._registry, action, ctx)
+        assert gate is not None, "RegistryRunner.run needs the chain's gate"
+        call = make_call(action, ctx, self._cost_of, gate._now)
+        if call.limits:
+            return await gate._run(call, self)
+        admitted = gate._admit(call)
+        if type(admitted) is Waiter:  # others came first meanwhile: wait here
+            try:
+                lease = await admitted.future
+            except CancelledError:
+                gate.limiter.abandon(admitted)  # leaves the queue or gives the grant back
+                raise
+        else:
+            lease = cast(Lease, admitted)
+        try:
+            result = await self(call)
+        except Exception as error:
+            gate._settle(call, lease, error, True)
+            raise  # the tool's own error, whatever an observer did
+        except BaseException:
+            lease.release()  # cancelled while running: permits come back
+            raise
+        gate._settle(call, lease, result, False)
+        return result

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from stageflow.tools import AdvancedToolExecutor, ToolExecutor, ToolRegistry
@@ -30,9 +30,10 @@ from stageflow.tools.executor import ToolExecutorResult
 
 from ..interceptors.call import ToolCall
 from ..interceptors.chain import ToolCallChain
+from ..interceptors.gate import AdmissionGate
 from ..llm.answers import _DATA_ONLY
 from ..primitives.errors import ConfigError
-from .calls import CostEstimator, build_call, make_call
+from .calls import CostEstimator, RegistryRunner, build_call, make_call
 from .events import StageflowEventListener
 from .scope import _current
 
@@ -91,21 +92,32 @@ class LimitedToolRegistry(ToolRegistry):
         self._factories = registry._factories
         self.chain = _attach_events(chain)
         self.cost_of = cost_of
+        self._cost_of = cost_of  # (the runner's: a cost_of set later takes the chained path)
         self._clock = _clock(self.chain)
+        #: the gate when it is the whole chain (then an uncontended call runs compiled)
+        self._gate: AdmissionGate | None = (
+            self.chain.gate if self.chain.steps == (self.chain.gate,) else None
+        )
+        self._runner = RegistryRunner(self._gate, self, ToolRegistry.execute,
+                                      self._run_recorded, cost_of)
 
-    async def execute(self, action: Any, ctx: dict[str, Any]) -> ToolOutput | None:
-        """Run ``action`` under the chain (the tool's output, or a refusal raised)."""
+    def execute(
+        self, action: Any, ctx: dict[str, Any]
+    ) -> Coroutine[Any, Any, ToolOutput | None]:
+        """Run ``action`` under the chain (a coroutine: the tool's output, or a refusal
+        raised). Nothing is read or acquired before it is awaited."""
+        gate = self._gate
+        if gate is not None and not gate.limiter._waiting and self.cost_of is self._cost_of:
+            # nobody queued: one compiled coroutine builds, admits, runs, releases
+            return self._runner.run(action, ctx)
+        return self._execute_chained(action, ctx)
+
+    async def _execute_chained(self, action: Any, ctx: dict[str, Any]) -> ToolOutput | None:
+        # (a Python frame: a call that queues behind others unwinds cheaply when cancelled)
         if action.type not in self._tools and not self.can_execute(action.type):
-            return await super().execute(action, ctx)
+            return await ToolRegistry.execute(self, action, ctx)
         call = make_call(action, ctx, self.cost_of, self._clock)
-        return await self.chain.run(call, self._run_tool)
-
-    def _run_tool(self, call: ToolCall) -> Awaitable[ToolOutput | None]:
-        # the tool's own coroutine when nothing records completions (no wrapper frame)
-        scope = _current.get()
-        if scope is None or scope.completed is None:
-            return ToolRegistry.execute(self, call.action, call.context)
-        return self._run_recorded(call)
+        return await self.chain.run(call, self._runner)
 
     async def _run_recorded(self, call: ToolCall) -> ToolOutput | None:
         output = await ToolRegistry.execute(self, call.action, call.context)

@@ -242,3 +242,71 @@ async def test_stageflow_outputs_pause_only_when_their_data_says_so(module: str)
     assert not pause._paused  # a success without data: nothing read, nothing paused
     await chain.run(ToolCall("api"), limited)
     assert pause._paused  # a 429 with Retry-After in data still pauses the key
+
+
+class CountingPause(ProviderPause):
+    """A pause that counts the results shown to it."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[Any] = []
+
+    def after_result(self, call: ToolCall, lease: Any, result: Any) -> None:
+        self.seen.append(result)
+        super().after_result(call, lease, result)
+
+
+@pytest.mark.parametrize(("result", "quiet"), [
+    (None, True), ("text", True), (3, True), ([1], True), ((1,), True),
+    ({"status": 200}, True), ({"status": 399, "body": "x"}, True),
+    ({"status": 429}, False), ({"status": 200, "retry_after": 1.0}, False),
+    ({"status": 200, "retry_after_ms": 10}, False), ({"status": 200, "headers": {}}, False),
+    ({"status": 200, "response": object()}, False), ({"ok": True}, False),
+    ({"status": "200"}, False), ({"status": True}, False), (object(), False),
+])
+def test_quiet_results_are_exactly_those_that_carry_no_provider_answer(
+    result: Any, quiet: bool
+) -> None:
+    from stageflow_plus.interceptors.gate import quiet_result
+
+    assert quiet_result(result) is quiet
+
+
+async def test_a_quiet_result_skips_answer_only_observers_and_an_answer_reaches_them() -> None:
+    from stageflow.tools.base import ToolOutput
+
+    import stageflow_plus.stageflow.tools  # noqa: F401  (registers the output types)
+
+    reads_all = CountingPause(key="tool", retry_after=lambda outcome: None)
+    answers_only = CountingPause(key="tool")
+    assert reads_all.reads_quiet_results() and not answers_only.reads_quiet_results()
+    quiet = ToolOutput(success=True, data={"status": 200})
+    loud = ToolOutput(success=False, data={"status": 429, "retry_after": 2.0})
+
+    def answering(answer: Any) -> Proceed:
+        async def tool(call: ToolCall) -> Any:
+            return answer
+
+        return tool
+
+    for pause in (reads_all, answers_only):
+        chain = ToolCallChain([ConcurrencyLimiter(10), pause], clock=ManualClock())
+        await chain.run(ToolCall("api"), answering(quiet))
+        await chain.run(ToolCall("api"), answering(None))
+        await chain.run(ToolCall("other"), answering(loud))
+        expected = [quiet, None, loud] if pause is reads_all else [loud]
+        assert pause.seen == expected
+        assert (pause is answers_only) == bool(pause._paused)  # (the callback answers None)
+
+
+def test_the_learner_reads_quiet_results_only_when_it_reads_headers_itself_or_probes() -> None:
+    from stageflow_plus import RateLimitHeaderLearner
+
+    def rate() -> TokenBucketRateLimiter:
+        return TokenBucketRateLimiter(Rate(10))
+
+    assert not RateLimitHeaderLearner(rate()).reads_quiet_results()
+    assert RateLimitHeaderLearner(rate(), probe=True).reads_quiet_results()
+    assert RateLimitHeaderLearner(rate(), headers_of=lambda outcome: None).reads_quiet_results()

@@ -51,7 +51,7 @@ from stageflow_plus.primitives.adaptive_settings import AdaptiveSettings
 from stageflow_plus.primitives.dispatch import Dispatcher
 from stageflow_plus.primitives.ordering import _Level, _Tenant
 from stageflow_plus.primitives.queueing import Queueing
-from stageflow_plus.stageflow.calls import _Fixed
+from stageflow_plus.stageflow.calls import RegistryRunner, _Fixed
 from stageflow_plus.stageflow.scope import CallScope, ScopeBlock
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +169,9 @@ def _instances() -> dict[type, Callable[[], Any]]:
         ),
         ScopeBlock: lambda: ScopeBlock(CallScope(run_id="run-2")),
         _Fixed: lambda: _Fixed(3.0),
+        RegistryRunner: lambda: RegistryRunner(
+            gate, _Registry(), _unlimited, _unlimited_call, lambda tool, payload: None
+        ),
         InFlight: lambda: InFlight("in_flight:*:tokens"),
         ToolCall: lambda: ToolCall(
             "search", {"q": "x"}, object(), "run-1", "acme", 2, {"tokens": 5.0}, 9.0,
@@ -176,6 +179,21 @@ def _instances() -> dict[type, Callable[[], Any]]:
         ),
         AdaptiveLimit: lambda: AdaptiveLimit(AdaptiveSettings(), 8, 0.0),
     }
+
+
+class _Registry:
+    """What a RegistryRunner reads of its registry: the tools."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, Any] = {}
+
+
+async def _unlimited(registry: Any, action: Any, ctx: Any) -> None:
+    return None
+
+
+async def _unlimited_call(call: ToolCall) -> None:
+    return None
 
 
 def test_every_compiled_class_visits_each_reference_as_often_as_it_holds_it() -> None:

@@ -257,3 +257,52 @@ async def test_advanced_executor_keeps_tool_events_and_adds_rejections() -> None
     gate.set()
     await asyncio.gather(*held)
     assert sink.types().count("tool.invoked") == 200  # the refused call never reached the tool
+
+
+async def test_a_call_made_while_nobody_waited_that_queues_meanwhile_leaves_cleanly() -> None:
+    """Both coroutines are made while nobody waits (the compiled path); the second finds
+    the slot taken when it starts, queues, and is cancelled: it leaves the queue, nothing
+    leaks, and the first's slot comes back when the first is cancelled while running."""
+    probe, gate = ConcurrencyProbe(), asyncio.Event()
+    registry = ToolRegistry()
+    registry.register(GateTool(probe, gate))
+    limited = LimitedToolRegistry(ToolCallChain([ConcurrencyLimiter(1)]), registry)
+    first = limited.execute(SimpleAction("SLOW", {"n": 1}), {})
+    second = limited.execute(SimpleAction("SLOW", {"n": 2}), {})
+    running = asyncio.ensure_future(first)
+    queued = asyncio.ensure_future(second)
+    await settle()
+    stats = limited.chain.statistics()
+    assert stats is not None and stats.in_flight == 1 and stats.tasks_waiting == 1
+    queued.cancel()
+    await settle()
+    stats = limited.chain.statistics()
+    assert stats is not None and stats.in_flight == 1 and stats.tasks_waiting == 0
+    running.cancel()
+    await settle()
+    assert running.cancelled() and queued.cancelled() and probe.in_flight == 0
+    stats = limited.chain.statistics()
+    assert stats is not None and stats.in_flight == 0 and stats.tasks_waiting == 0
+    gate.set()
+    output = await limited.execute(SimpleAction("SLOW", {"n": 3}), {})
+    assert output is not None and output.data == {"n": 3}
+    assert all(p.in_use == 0 for p in limited.chain.statistics().pools)  # type: ignore[union-attr]
+
+
+async def test_a_tool_error_on_the_compiled_path_is_raised_and_its_permit_returned() -> None:
+    class Broken(BaseTool):
+        name = "broken"
+        description = "raises"
+        action_type = "BROKEN"
+
+        async def execute(self, input: ToolInput, ctx: dict[str, Any]) -> ToolOutput:
+            raise ValueError("tool failed")
+
+    registry = ToolRegistry()
+    registry.register(Broken())
+    limited = LimitedToolRegistry(ToolCallChain([ConcurrencyLimiter(1)]), registry)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="tool failed"):
+            await limited.execute(SimpleAction("BROKEN"), {})
+    stats = limited.chain.statistics()
+    assert stats is not None and stats.admitted == 3 and stats.in_flight == 0
