@@ -132,27 +132,21 @@ class CallHandle:
         return f"<CallHandle {self.call.tool!r} call #{self.call.call_id} lease={self.lease!r}>"
 
 
-def _observers(chain: ToolCallChain) -> tuple[Any, ...]:
-    gate = chain.gate
-    if gate is None:
-        return ()
-    return tuple(p for p in gate.parts if p.observes_results and p.wants_results())
-
-
 def _finish(chain: ToolCallChain, handle: CallHandle, error: BaseException | None) -> None:
-    """The admission step's epilogue: observers see the outcome, then the lease goes back."""
+    """The admission step's epilogue, the gate's own (:meth:`AdmissionGate._settle`): the
+    observers see the outcome — an observer that raises is reported, never allowed to
+    replace it — then the lease goes back. Cancelled inside the block: the permits come
+    back, nobody observes."""
     lease = handle.lease
     if lease is None:
         return
-    try:
-        if error is None:
-            for part in _observers(chain):
-                part.after_result(handle.call, lease, handle.result)
-        elif isinstance(error, Exception):
-            for part in _observers(chain):
-                part.after_error(handle.call, lease, error)
-    finally:  # cancelled or failing observers: the permits come back all the same
+    gate = chain.gate
+    if gate is None or (error is not None and not isinstance(error, Exception)):
         lease.release()
+    elif error is None:
+        gate._settle(handle.call, lease, handle.result, False)
+    else:
+        gate._settle(handle.call, lease, error, True)
 
 
 class LimitedBlock:

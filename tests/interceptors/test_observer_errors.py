@@ -232,3 +232,26 @@ async def test_an_observer_failing_on_every_call_logs_one_line_then_a_count(
         lines = [r.getMessage() for r in caplog.records if r.name == "stageflow_plus"]
     assert len(lines) == 2 and "49 more failures of Failing.after_result" in lines[1], lines
     assert len(events.errors) == 50  # the listener still hears every one
+
+
+@pytest.mark.parametrize("steps", [False, True], ids=["gate_only", "with_steps"])
+async def test_an_observer_that_raises_never_replaces_a_limit_block_s_outcome(
+    steps: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stageflow_plus.interceptors.retry import ToolCallRetry
+
+    events = Events()
+    parts: list[Any] = [Failing(), ConcurrencyLimiter(1)]
+    if steps:  # (a retry with one attempt: a step beside the gate that only passes through)
+        parts.insert(0, ToolCallRetry(max_attempts=1))
+    chain = ToolCallChain(parts, clock=ManualClock(), listener=events)
+    with caplog.at_level(logging.WARNING, logger="stageflow_plus"):
+        async with chain.limit(tool="t") as handle:
+            handle.report({"status": 200, "data": SECRET})
+        with pytest.raises(ToolBroke):
+            async with chain.limit(tool="t"):
+                raise ToolBroke("the block failed")
+    assert [hook for _, hook, _ in events.errors] == ["Failing.after_result", "Failing.after_error"]
+    assert not any(SECRET in r.getMessage() for r in caplog.records)
+    stats = chain.statistics()
+    assert stats is not None and stats.in_flight == 0
