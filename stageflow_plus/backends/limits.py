@@ -72,7 +72,9 @@ class RedisLimits:
         of finite numbers ``>= 0`` up to ``MAX_ACTUAL_COST``) is logged, aggregated, and
         counted in ``observer_errors``; the tool's result is kept and the estimate stands.
     :param retry_after: finds a provider's ``Retry-After``; the rate key is then paused for
-        every process (at most the backend's ``max_pause``).
+        every process (at most the backend's ``max_pause``). One that raises is logged,
+        aggregated, and counted in ``observer_errors``; the tool's outcome is kept and
+        nothing is paused.
     :param fair_cost: what a call costs its tenant's fair share: ``"calls"`` (1) or a cost
         dimension such as ``"tokens"`` (at least 1).
     :param clock: the clock of ``call.deadline`` (use the chain's; default the loop's).
@@ -261,23 +263,35 @@ class RedisLimits:
                                       f" = {value!r} is above {MAX_ACTUAL_COST:g}")
             return {name: float(value) for name, value in checked.items()} or None
         except Exception as error:
-            detail = str(error) if isinstance(error, ConfigError) else type(error).__name__
-            self._observer_errors.note(
-                logging.WARNING, call.tool, type(error).__name__,
-                what="failed actual_cost calls (the estimate stood)",
-                event="tool_call.observer_failed",
-                first=lambda: ("tool_call.observer_failed",
-                               f"tool_call.observer_failed: RedisLimits actual_cost raised for "
-                               f"tool {call.tool!r} (call {call.call_id}, run {call.run_id}): "
-                               f"{detail}; the tool's outcome is kept, its estimated cost "
-                               "stays charged", {"tool": call.tool}))
-            self.observer_errors += 1
+            self._observer_failed(call, "actual_cost", error,
+                                  "the estimate stood", "its estimated cost stays charged")
             return None
+
+    def _observer_failed(self, call: ToolCall, hook: str, error: Exception, stood: str,
+                         consequence: str) -> None:
+        """Report a callback of ours that raised or returned junk (aggregated WARNING on
+        ``stageflow_plus.redis``, its type only unless it is our own ``ConfigError``)."""
+        detail = str(error) if isinstance(error, ConfigError) else type(error).__name__
+        self._observer_errors.note(
+            logging.WARNING, f"{call.tool} ({hook})", type(error).__name__,
+            what=f"failed {hook} calls ({stood})",
+            event="tool_call.observer_failed",
+            first=lambda: ("tool_call.observer_failed",
+                           f"tool_call.observer_failed: RedisLimits {hook} raised for "
+                           f"tool {call.tool!r} (call {call.call_id}, run {call.run_id}): "
+                           f"{detail}; the tool's outcome is kept, {consequence}",
+                           {"tool": call.tool}))
+        self.observer_errors += 1
 
     async def _maybe_pause(self, call: ToolCall, outcome: Any) -> None:
         if self._retry_after is None or not self._rates:
             return
-        seconds = self._retry_after(outcome)
+        try:
+            seconds = self._retry_after(outcome)
+        except Exception as error:  # a callback's bug never costs the caller the outcome
+            self._observer_failed(call, "retry_after", error, "nothing paused",
+                                  "nothing is paused")
+            return
         if seconds is not None:
             await self.pause(self._rate_key(call), seconds)
 

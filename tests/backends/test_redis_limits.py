@@ -526,3 +526,34 @@ def test_commands_reuse_the_encoding_of_repeated_arguments_only() -> None:
     ]
     for entry, args in calls:
         assert library.command(entry, plan, args) == plain(entry, args), (entry, args)
+
+
+async def test_a_retry_after_callback_that_raises_never_replaces_the_outcome(
+    backend: RedisBackend, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(outcome: Any) -> float | None:
+        raise KeyError("retry-after")  # a user's finder with a bug
+
+    limits = RedisLimits(backend, concurrency=2, rates=[Rate(1000, per=1)],
+                         retry_after=broken)
+    chain = _chain(limits)
+
+    class ToolBroke(Exception):
+        pass
+
+    async def llm(call: ToolCall) -> dict[str, Any]:
+        return {"status": 429, "retry_after": 5}
+
+    async def failing(call: ToolCall) -> dict[str, Any]:
+        raise ToolBroke("the tool's own error")
+
+    with caplog.at_level(logging.WARNING, logger="stageflow_plus.redis"):
+        assert await chain.run(ToolCall("llm"), llm) == {"status": 429, "retry_after": 5}
+        with pytest.raises(ToolBroke):
+            await chain.run(ToolCall("llm"), failing)
+    assert limits.observer_errors == 2
+    failures = [r.getMessage() for r in caplog.records if "observer_failed" in r.getMessage()]
+    assert len(failures) == 1 and "retry_after raised" in failures[0]
+    assert await backend.client.exists(f"{backend.prefix}pause:rate:*") == 0  # nothing paused
+    await limits.aclose()
+    assert await backend.client.zcard(backend.pool_key("global:*")) == 0
