@@ -11,14 +11,11 @@ compiled in the accelerated build (it imports no Stageflow module).
 
 from __future__ import annotations
 
-from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from ..interceptors.call import _EMPTY, ToolCall, _plain_cost, check_cost
 from ..interceptors.gate import AdmissionGate
-from ..primitives.lease import Lease
-from ..primitives.waiter import Waiter
 from .scope import _current
 
 __all__ = ["CostEstimator", "RegistryRunner", "build_call", "make_call"]
@@ -155,33 +152,13 @@ class RegistryRunner:
     async def run(self, action: Any, ctx: Any) -> Any:
         """Run ``action`` (made with ``ctx``) through the gate alone, in one compiled
         coroutine: an unknown action type as the registry answers it (no limit touched),
-        else the call built, then :meth:`AdmissionGate._run`'s steps for a call without
-        per-run limits (one with them goes through the gate's own coroutine). Everything
-        happens on the first step, nothing when the coroutine is created."""
+        else the call built and run by :meth:`AdmissionGate._run` (admission, the tool,
+        the observers, the release). Everything happens on the first step, nothing when
+        the coroutine is created."""
         gate = self._gate
         kind = action.type
         if kind not in self._tools and not self._registry.can_execute(kind):
             return await self._execute(self._registry, action, ctx)
         assert gate is not None, "RegistryRunner.run needs the chain's gate"
         call = make_call(action, ctx, self._cost_of, gate._now)
-        if call.limits:
-            return await gate._run(call, self)
-        admitted = gate._admit(call)
-        if type(admitted) is Waiter:  # others came first meanwhile: wait here
-            try:
-                lease = await admitted.future
-            except CancelledError:
-                gate.limiter.abandon(admitted)  # leaves the queue or gives the grant back
-                raise
-        else:
-            lease = cast(Lease, admitted)
-        try:
-            result = await self(call)
-        except Exception as error:
-            gate._settle(call, lease, error, True)
-            raise  # the tool's own error, whatever an observer did
-        except BaseException:
-            lease.release()  # cancelled while running: permits come back
-            raise
-        gate._settle(call, lease, result, False)
-        return result
+        return await gate._run(call, self)

@@ -108,7 +108,7 @@ class LimitedToolRegistry(ToolRegistry):
         raised). Nothing is read or acquired before it is awaited."""
         gate = self._gate
         if gate is not None and not gate.limiter._waiting and self.cost_of is self._cost_of:
-            # nobody queued: one compiled coroutine builds, admits, runs, releases
+            # nobody queued: compiled coroutines build, admit, run, release
             return self._runner.run(action, ctx)
         return self._execute_chained(action, ctx)
 
