@@ -215,19 +215,29 @@ class TokenBucket(Resource):
     def ready_at(self, amount: float, now: float) -> float:
         self._refill(now)
         deficit = amount - self.tokens
-        if deficit <= 0.0:
+        if deficit <= _EPSILON:  # available() takes it now (with the same tolerance)
             return max(now, self.paused_until)
-        refill_at = now + deficit / self.rate
+        # When available() first says yes, to within rounding — not the exact refill, which
+        # it admits _EPSILON earlier: a timer armed for the exact one could fire after a
+        # dispatch that already admits (a lost wake-up, found by the chain's properties).
+        # Aimed a few ulps of tokens past that instant, so its rounding cannot fall short.
+        margin = 4.0 * math.ulp(max(self.burst, amount))
+        refill_at = now + (deficit - _EPSILON + margin) / self.rate
         for _ in range(4):
-            # rounding ``now + deficit / rate`` at a large clock value can land before the
-            # refill completes (at 1e5 s and 1000/s, 0.5 tokens come 5e-9 short), and a tiny
-            # deficit then gives ``now`` itself: the limiter's timer would fire, find the
-            # bucket still short, and re-arm for the same instant — forever on a virtual
-            # clock. The next representable time after that is always enough.
-            if (refill_at - now) * self.rate + _EPSILON >= deficit:
+            # rounding ``now + ...`` at a large clock value can still land short of it (at
+            # 1e5 s and 1000/s, 0.5 tokens come 5e-9 short), and a tiny deficit then gives
+            # ``now`` itself: the limiter's timer would fire, find the bucket still short,
+            # and re-arm for the same instant — forever on a virtual clock. The next
+            # representable time after that is always enough.
+            if self._admits_at(amount, refill_at):
                 break
             refill_at = math.nextafter(refill_at, math.inf)
         return max(refill_at, self.paused_until)
+
+    def _admits_at(self, amount: float, at: float) -> bool:
+        """What :meth:`available` would answer at ``at`` (later than the last refill, no
+        pause), computed without refilling."""
+        return min(self.burst, self.tokens + (at - self.updated) * self.rate) + _EPSILON >= amount
 
     def release(self, amount: float, now: float, held_for: float) -> None:
         """Tokens are spent: nothing returns when a call ends."""

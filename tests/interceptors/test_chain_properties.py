@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from gc_pressure import collect, orphan_timer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stageflow_plus import (
@@ -336,6 +336,16 @@ async def orphan_chain() -> None:
 @pytest.mark.usefixtures("aggressive_gc")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, schedule=schedules)
+@example(  # a refill timer armed 1e-9 tokens late: a waiter left queued (found by this test)
+    config={"global": 1, "per_tool": 1, "per_tenant": 1, "max_queue": None,
+            "shedding": Shedding.REJECT_NEW, "max_wait": None, "aging": None, "rate": 5.0,
+            "burst": 1.0},
+    schedule=[(("advance", 0.5), False), *[(("start", "a", "x", 0, None), False)] * 3,
+              (("start", "a", "x", 0, None), True), (("cancel", 0), False),
+              (("advance", 0.2), True), (("cancel", 0), False),
+              *[(("start", "a", "x", 0, None), False)] * 6,
+              (("start", "a", "x", 0, None), True), (("advance", 0.2), False)],
+)
 def test_random_schedules_through_the_chain_keep_invariants(
     config: dict[str, Any], schedule: list[tuple[Any, bool]]
 ) -> None:

@@ -109,3 +109,32 @@ def test_a_blocked_bucket_is_ready_strictly_later_and_then_available(
     ready = bucket.ready_at(1.0, now)
     assert ready > now
     assert bucket.available(1.0, ready)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now=st.sampled_from([0.0, 0.7, 1.0, 1e5, 1e7]),
+    rate=st.sampled_from([1.0, 5.0, 1000.0, 1e6]),
+    deficit=st.floats(1e-9, 1.0, exclude_min=True),
+)
+def test_ready_at_is_when_the_bucket_first_admits(
+    now: float, rate: float, deficit: float
+) -> None:
+    """A timer armed at ``ready_at`` fires when ``available`` first admits, to within
+    rounding (a few ulps of tokens): any earlier the bucket still refuses. (It was armed
+    for the exact refill while ``available`` admits 1e-9 tokens short of it: at 0.7 s, 5/s,
+    the chain's property test caught a waiter left queued at 0.8999999999999999 with its
+    timer at 0.9.)"""
+
+    def fresh() -> TokenBucket:
+        bucket = TokenBucket("k", Rate(rate, per=1, burst=10), now=now)
+        bucket.tokens = 1.0 - deficit
+        return bucket
+
+    if fresh().available(1.0, now):
+        return  # within the float slack: no wait at all
+    ready = fresh().ready_at(1.0, now)
+    assert fresh().available(1.0, ready)
+    rounding = 8.0 * math.ulp(10.0) / rate + 2.0 * math.ulp(ready)
+    if ready - rounding > now:
+        assert not fresh().available(1.0, ready - rounding)
